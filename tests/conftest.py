@@ -1,0 +1,52 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+for p in (str(ROOT), str(TESTS)):
+    if p not in sys.path:
+        sys.path.insert(0, p)
+
+
+def run_cli(*args, cwd=None, check=False, timeout=300):
+    """Run `transferset ARGS` in a fresh interpreter, as a user would."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(TESTS), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-m", "cli", *map(str, args)], cwd=cwd or ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"transferset {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stderr}")
+    return proc
+
+
+def write_pixels_source(path, pixels: np.ndarray, labels=None, row_group_size=None, fixed=True):
+    """A Parquet source with a `pixels` column (+ optional nullable `label`)."""
+    n, d = pixels.shape
+    if fixed:
+        col = pa.FixedSizeListArray.from_arrays(pa.array(pixels.reshape(-1)), d)
+    else:
+        col = pa.array(list(pixels), type=pa.list_(pa.from_numpy_dtype(pixels.dtype)))
+    columns = {"pixels": col}
+    if labels is not None:
+        columns["label"] = pa.array(labels, type=pa.int64())
+    pq.write_table(pa.table(columns), path, row_group_size=row_group_size)
+    return path
+
+
+@pytest.fixture
+def sources(tmp_path):
+    """An odd-sized labelled source (with some null labels) and an unlabelled one."""
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 16, size=(517, 64), dtype=np.uint8)  # never 16: the NaN teacher stays quiet
+    labels = rng.integers(0, 10, size=517).tolist()
+    for i in range(0, 517, 50):
+        labels[i] = None
+    lab = write_pixels_source(tmp_path / "lab.parquet", pixels, labels, row_group_size=97)
+    unl = write_pixels_source(tmp_path / "unl.parquet", rng.integers(0, 16, size=(203, 64), dtype=np.uint8), row_group_size=64)
+    return lab, unl

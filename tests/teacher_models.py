@@ -1,0 +1,59 @@
+"""Tiny teacher factories for the tests (imported by name, as users' factories are)."""
+
+import time
+
+import torch
+
+
+def _mlp(seed: int, inputs: int = 64, classes: int = 10) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(inputs, 32), torch.nn.ReLU(), torch.nn.Linear(32, classes))
+
+
+def tiny_a() -> torch.nn.Module:
+    return _mlp(1)
+
+
+def tiny_b() -> torch.nn.Module:
+    return _mlp(2)
+
+
+def seven_classes() -> torch.nn.Module:
+    return _mlp(3, classes=7)
+
+
+class _NaNOnBrightRows(torch.nn.Module):
+    """Returns NaN logits for rows whose first pixel is 16 (the fixture sets some)."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = _mlp(4)
+
+    def forward(self, x):
+        out = self.inner(x)
+        bad = x.flatten(1)[:, 0] >= 1.0
+        return torch.where(bad[:, None], torch.full_like(out, float("nan")), out)
+
+
+def nan_teacher() -> torch.nn.Module:
+    return _NaNOnBrightRows()
+
+
+class _Slow(torch.nn.Module):
+    """A teacher slow enough (10 ms a batch) for a test to kill generate mid-run."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = _mlp(5)
+
+    def forward(self, x):
+        time.sleep(0.01)
+        return self.inner(x)
+
+
+def slow() -> torch.nn.Module:
+    return _Slow()
+
+
+def not_a_module():
+    return "hello"

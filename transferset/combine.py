@@ -1,0 +1,59 @@
+"""Combine an ensemble's logits into one soft target, in float32 log space.
+
+Teachers may run in bf16/fp16; their logits are cast to float32 before any of
+this, and nothing is ever exponentiated outside a log-sum-exp, so logits of
++-1e4 neither overflow nor turn into NaN.
+
+Both methods return *target logits* `s` of shape [B, C] with the property
+
+    softmax(s / T) == the combined distribution at temperature T
+
+and every row shifted so that max(s) == 0 (the shift changes nothing after the
+softmax, and keeps float16 storage away from its overflow at 65504).
+
+* arithmetic: p = sum_k w_k softmax(z_k / T)
+      log p = logsumexp_k(log w_k + log_softmax(z_k / T)),  s = T * log p
+  T is baked in: softmax(s / T') for T' != T is *not* the arithmetic mean at T'.
+* geometric: p ~ prod_k softmax(z_k / T) ** w_k, renormalised
+      = softmax(sum_k w_k z_k / T)   (the per-member normalisers cancel)
+  so s = sum_k w_k z_k, valid at every temperature.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from transferset.errors import UserError
+
+
+def normalised_weights(weights: list[float] | None, num_teachers: int) -> torch.Tensor:
+    """Ensemble weights as float32 summing to 1 (equal when not given)."""
+    if weights is None:
+        return torch.full((num_teachers,), 1.0 / num_teachers, dtype=torch.float32)
+    w = torch.tensor(weights, dtype=torch.float64)
+    if w.numel() != num_teachers or not torch.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+        raise UserError(f"teacher weights {weights} must be {num_teachers} non-negative numbers with a positive sum; fix --teacher-weight")
+    return (w / w.sum()).to(torch.float32)
+
+
+def combine(member_logits: torch.Tensor, method: str, temperature: float, weights: torch.Tensor) -> torch.Tensor:
+    """Target logits [B, C] from member logits [K, B, C] (any float dtype).
+
+    `weights` is [K], float32, summing to 1. Returns float32.
+    """
+    z = member_logits.to(torch.float32)
+    w = weights.to(device=z.device, dtype=torch.float32).view(-1, 1, 1)  # (K, 1, 1)
+    if method == "arithmetic":
+        log_p_members = torch.log_softmax(z / temperature, dim=-1)  # (K, B, C)
+        log_p = torch.logsumexp(torch.log(w) + log_p_members, dim=0)  # (B, C)
+        target = temperature * log_p
+    elif method == "geometric":
+        target = (w * z).sum(dim=0)  # (B, C)
+    else:
+        raise UserError(f"unknown combine method {method!r}; use --combine arithmetic or --combine geometric")
+    return target - target.max(dim=-1, keepdim=True).values
+
+
+def soft_targets(target_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """The distribution a transfer set stores: softmax(target_logits / T), in float32."""
+    return torch.softmax(target_logits.to(torch.float32) / temperature, dim=-1)

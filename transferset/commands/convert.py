@@ -1,0 +1,75 @@
+"""`transferset convert`: .npy / .npz / IDX arrays -> a Parquet source.
+
+    transferset convert --images train-images-idx3-ubyte.gz --labels train-labels-idx1-ubyte.gz --out mnist.parquet
+    transferset convert --images x.npy [--labels y.npy] --out src.parquet
+    transferset convert --npz data.npz --images-key x [--labels-key y] --out src.parquet
+
+Never imports torch: converting arrays needs only numpy and pyarrow.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "convert .npy/.npz/IDX arrays (e.g. MNIST) into a Parquet source for generate and train"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    files = parser.add_argument_group("input files")
+    files.add_argument("--images", metavar="PATH", help="images/inputs [rows, ...]: .npy, .npz (with --images-key) or IDX (plain or .gz)")
+    files.add_argument("--labels", metavar="PATH", help="integer labels [rows]: .npy, .npz (with --labels-key) or IDX; omit for an unlabelled source")
+    files.add_argument("--npz", metavar="PATH", help="one .npz archive holding the images (--images-key) and optionally the labels (--labels-key)")
+    files.add_argument("--images-key", metavar="KEY", help="array name of the images inside an .npz")
+    files.add_argument("--labels-key", metavar="KEY", help="array name of the labels inside an .npz")
+
+    output = parser.add_argument_group("output")
+    output.add_argument("--out", required=True, metavar="PATH", help="the Parquet file to write")
+    output.add_argument("--input-column", default="pixels", metavar="NAME", help="name of the input column (default: pixels)")
+    output.add_argument("--label-column", default="label", metavar="NAME", help="name of the int32 label column (default: label)")
+    output.add_argument("--dtype", choices=("float16", "float32", "float64"), help="store inputs as this float type (default: keep the array's dtype, e.g. uint8)")
+    output.add_argument("--row-group-rows", type=int, default=32768, metavar="N", help="rows per Parquet row group (default: 32768)")
+    output.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+
+    select = parser.add_argument_group("row selection")
+    select.add_argument("--rows", metavar="START:STOP", help="convert only input rows START..STOP-1 (e.g. 0:1000, 50000:)")
+    select.add_argument("--exclude-class", type=int, action="append", default=[], metavar="K", help="drop rows labelled K (repeatable), e.g. Hinton's 'omit all 3s'")
+    select.add_argument("--drop-labels", action="store_true", help="write an unlabelled source (no label column) from labelled files")
+
+
+def run(args: argparse.Namespace) -> int:
+    from transferset.convert import ConvertOptions, convert_files, parse_rows
+    from transferset.errors import UserError
+
+    if args.npz and args.images:
+        raise UserError("give --images or --npz, not both (--npz FILE --images-key KEY reads the images from the archive)")
+    if not args.npz and not args.images:
+        raise UserError("nothing to convert; pass --images PATH or --npz PATH --images-key KEY")
+    images = args.npz or args.images
+    labels = args.labels
+    if args.labels_key and labels is None:
+        if not args.npz:
+            raise UserError("--labels-key names an array inside an .npz; pass --npz FILE or --labels FILE.npz")
+        labels = args.npz
+
+    options = ConvertOptions(
+        input_column=args.input_column,
+        label_column=args.label_column,
+        rows=parse_rows(args.rows),
+        exclude_classes=tuple(args.exclude_class),
+        drop_labels=args.drop_labels,
+        row_group_rows=args.row_group_rows,
+        dtype=args.dtype,
+        overwrite=args.overwrite,
+    )
+    result = convert_files(images, args.out, labels, args.images_key, args.labels_key, options, quiet=args.quiet)
+
+    shape = "x".join(str(d) for d in result.shape)
+    label = f", {args.label_column} int32" if result.labelled else ", unlabelled"
+    excluded = f" ({result.excluded_rows:,} rows of class {', '.join(map(str, sorted(set(args.exclude_class))))} left out)" if result.excluded_rows else ""
+    print(f"wrote {result.path}: {result.rows:,} rows, {args.input_column} {result.dtype}[{shape}]{label}, row int64{excluded}")
+    label_flag = f" --label-column {args.label_column}" if result.labelled and args.label_column != "label" else ""
+    print(f"for generate: --source {result.path} --input-column {args.input_column} --input-shape {result.input_shape_hint}{label_flag}")
+    print("the row column holds each row's index in the input files (--id-column row, when this is the only source)")
+    if result.hint_note:
+        print(f"note: {result.hint_note}")
+    return 0

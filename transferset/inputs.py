@@ -1,0 +1,206 @@
+"""How a row's stored input becomes the tensor a model sees.
+
+One `InputSpec` describes it for both stages: the generator uses it to feed the
+teachers, records it in the transfer set's provenance, and the trainer rebuilds
+it from there to feed students exactly the same way.
+
+Two kinds of input:
+* a fixed-size numeric array column (`list` or `fixed_size_list`), reshaped to
+  `shape`, then `x * scale`, then `(x - mean) / std` per channel (first axis);
+* anything else through a user transform `package.module:function`, called with
+  a `pyarrow.RecordBatch` of the input columns, returning a [B, ...] array or
+  tensor. It is imported only because the user named it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+
+from transferset.errors import UserError
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    columns: tuple[str, ...]
+    shape: tuple[int, ...] | None = None  # per-row shape, e.g. (1, 28, 28)
+    scale: float = 1.0
+    mean: tuple[float, ...] | None = None  # one value, or one per channel (shape[0])
+    std: tuple[float, ...] | None = None
+    transform: str | None = None  # "package.module:function"
+    _fn: Callable | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.columns:
+            raise UserError("no input column given; pass --input-column NAME")
+        if self.transform is None:
+            if len(self.columns) != 1:
+                raise UserError("several --input-column need a --transform that combines them")
+            if not self.shape or any(d <= 0 for d in self.shape):
+                raise UserError(f"--input-shape {self.shape} must be positive integers like 1,28,28")
+        for name, values in (("mean", self.mean), ("std", self.std)):
+            if values is None:
+                continue
+            channels = self.shape[0] if self.shape else 1
+            if len(values) not in (1, channels):
+                raise UserError(f"--input-{name} has {len(values)} values; give 1 or one per channel ({channels})")
+        if self.std is not None and any(s == 0 for s in self.std):
+            raise UserError("--input-std must not contain 0")
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape) if self.shape else 0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("_fn")
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "InputSpec":
+        def tup(v):
+            return tuple(v) if v is not None else None
+
+        return cls(
+            columns=tuple(d["columns"]),
+            shape=tup(d.get("shape")),
+            scale=float(d.get("scale", 1.0)),
+            mean=tup(d.get("mean")),
+            std=tup(d.get("std")),
+            transform=d.get("transform"),
+        )
+
+    # -- column checks ------------------------------------------------------
+
+    def check_field(self, schema: pa.Schema, where: str) -> None:
+        """Refuse a source whose input columns cannot give this spec's rows."""
+        for name in self.columns:
+            if name not in schema.names:
+                raise UserError(f"{where} has no input column {name!r} (columns: {', '.join(schema.names)}); fix --input-column")
+        if self.transform is not None:
+            return
+        ftype = schema.field(self.columns[0]).type
+        if not (pa.types.is_list(ftype) or pa.types.is_large_list(ftype) or pa.types.is_fixed_size_list(ftype)):
+            raise UserError(f"{where}: input column {self.columns[0]!r} is {ftype}, not a numeric array; use a list column or --transform")
+        if not (pa.types.is_integer(ftype.value_type) or pa.types.is_floating(ftype.value_type)):
+            raise UserError(f"{where}: input column {self.columns[0]!r} holds {ftype.value_type}, not numbers; use --transform")
+        if pa.types.is_fixed_size_list(ftype) and ftype.list_size != self.size:
+            raise UserError(
+                f"{where}: input column {self.columns[0]!r} has {ftype.list_size} values per row but "
+                f"--input-shape {','.join(map(str, self.shape))} needs {self.size}; fix --input-shape"
+            )
+
+    def stored_fields(self, schema: pa.Schema) -> list[pa.Field]:
+        """The input columns as the transfer set stores them (fixed-size lists)."""
+        fields = []
+        for name in self.columns:
+            f = schema.field(name)
+            if self.transform is None and not pa.types.is_fixed_size_list(f.type):
+                f = pa.field(name, pa.list_(pa.field("element", f.type.value_type, nullable=False), self.size), nullable=False)
+            fields.append(f)
+        return fields
+
+    def fixed_column(self, column: pa.Array | pa.ChunkedArray, where: str) -> pa.FixedSizeListArray:
+        """The input column as one FixedSizeListArray of `size` values per row."""
+        if isinstance(column, pa.ChunkedArray):
+            column = column.combine_chunks()
+        if pa.types.is_fixed_size_list(column.type):
+            if column.null_count:
+                raise UserError(f"{where}: input column {self.columns[0]!r} has {column.null_count} null rows; drop or fill them")
+            return column
+        if column.null_count:
+            raise UserError(f"{where}: input column {self.columns[0]!r} has {column.null_count} null rows; drop or fill them")
+        lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
+        bad = np.flatnonzero(lengths != self.size)
+        if bad.size:
+            raise UserError(
+                f"{where}: input column {self.columns[0]!r} row {int(bad[0])} has {int(lengths[bad[0]])} values but "
+                f"--input-shape {','.join(map(str, self.shape))} needs {self.size}; fix --input-shape"
+            )
+        return pa.FixedSizeListArray.from_arrays(column.flatten(), self.size)
+
+    # -- the tensor ---------------------------------------------------------
+
+    def to_tensor(self, batch: pa.RecordBatch | pa.Table, where: str = "input") -> torch.Tensor:
+        """float32 [B, *shape] (or whatever the transform returns, as float32)."""
+        if self.transform is not None:
+            return self._transformed(batch)
+        fixed = self.fixed_column(batch.column(self.columns[0]), where)
+        # flatten() honours slice offsets (FixedSizeListArray.values does not).
+        values = fixed.flatten().to_numpy(zero_copy_only=False)
+        with warnings.catch_warnings():
+            # Arrow buffers are read-only; the tensor is only ever read (the
+            # float32 cast or the scaling below makes the copy a model sees).
+            warnings.simplefilter("ignore", UserWarning)
+            x = torch.from_numpy(np.ascontiguousarray(values)).view(len(fixed), *self.shape)
+        x = x.to(torch.float32)
+        if not torch.isfinite(x).all():
+            bad = torch.nonzero(~torch.isfinite(x.flatten(1)).all(dim=1)).flatten()[:5].tolist()
+            raise UserError(f"{where}: input column {self.columns[0]!r} has NaN/Inf values (rows {bad}); clean the source")
+        if self.scale != 1.0:
+            x = x * self.scale
+        if self.mean is not None:
+            x = x - self._per_channel(self.mean)
+        if self.std is not None:
+            x = x / self._per_channel(self.std)
+        return x
+
+    def _per_channel(self, values: tuple[float, ...]) -> torch.Tensor:
+        t = torch.tensor(values, dtype=torch.float32)
+        return t.view(-1, *([1] * (len(self.shape) - 1))) if len(values) > 1 else t
+
+    def _transformed(self, batch) -> torch.Tensor:
+        fn = self._fn or load_callable(self.transform, "--transform")
+        object.__setattr__(self, "_fn", fn)
+        out = fn(batch.select(list(self.columns)))
+        x = torch.as_tensor(np.asarray(out) if not isinstance(out, torch.Tensor) else out)
+        if x.ndim < 1 or x.shape[0] != batch.num_rows:
+            raise UserError(f"--transform {self.transform} returned shape {tuple(x.shape)} for {batch.num_rows} rows; it must return [rows, ...]")
+        return x.to(torch.float32) if x.is_floating_point() else x
+
+
+def load_callable(spec: str, flag: str) -> Callable:
+    """Import `package.module:function`. Only ever called on a name the user gave."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise UserError(f"{flag} {spec!r} must look like package.module:function")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise UserError(f"{flag} {spec!r}: cannot import {module_name!r} ({error}); is it installed or on PYTHONPATH?") from None
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise UserError(f"{flag} {spec!r}: {module_name} has no callable {attr!r}")
+    return fn
+
+
+def parse_floats(text: str | None, flag: str) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        if "/" in text and "," not in text:  # "1/255"
+            num, den = text.split("/")
+            return (float(num) / float(den),)
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise UserError(f"{flag} {text!r} must be numbers separated by commas (or a fraction like 1/255)") from None
+
+
+def parse_shape(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        shape = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise UserError(f"--input-shape {text!r} must be integers separated by commas, like 1,28,28") from None
+    if any(d <= 0 for d in shape):
+        raise UserError(f"--input-shape {text!r} must be positive integers, like 1,28,28")
+    return shape

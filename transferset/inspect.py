@@ -1,0 +1,93 @@
+"""Summary statistics of a transfer set, computed by polars over the shards.
+
+Everything here is a streaming polars query over the Parquet files (no Python
+objects per row): sizes, label coverage per source, ensemble and per-member
+accuracy against the labels, the soft targets' mean entropy, and how often
+the members agree.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import polars as pl
+
+from transferset.manifest import read_manifest
+from transferset.schema import LABEL, LOGITS, SOURCE, TEACHER_LOGITS
+
+
+def entropy_expr(temperature: float) -> pl.Expr:
+    """Entropy (nats) of softmax(logits / T) per row, in float32 log space.
+
+    H = lse(z) - sum(softmax(z) * z) with z = logits / T; rows are stored
+    shifted to max 0, so exp(z) <= 1 and the sums cannot overflow.
+    """
+    z = pl.col(LOGITS).cast(pl.List(pl.Float32)).list.eval(pl.element() / temperature)
+    sum_exp = z.list.eval(pl.element().exp()).list.sum()
+    return sum_exp.log() - z.list.eval(pl.element().exp() * pl.element()).list.sum() / sum_exp
+
+
+def summarize(directory: str) -> dict[str, Any]:
+    manifest = read_manifest(directory)
+    prov = manifest.provenance
+    files = [str(p) for p in manifest.shard_paths()]
+    frame = pl.scan_parquet(files)
+    names = frame.collect_schema().names()
+    kept = TEACHER_LOGITS in names
+    k = len(prov["teachers"])
+    labelled = pl.col(LABEL).is_not_null()
+
+    exprs = [
+        pl.len().alias("rows"),
+        labelled.sum().alias("labelled"),
+        entropy_expr(manifest.temperature).mean().alias("entropy"),
+        (pl.col(LOGITS).arr.arg_max() == pl.col(LABEL)).filter(labelled).mean().alias("ensemble_accuracy"),
+    ]
+    if kept:
+        member_argmax = [pl.col(TEACHER_LOGITS).arr.get(i).arr.arg_max() for i in range(k)]
+        for i, am in enumerate(member_argmax):
+            exprs.append((am == pl.col(LABEL)).filter(labelled).mean().alias(f"teacher_{i}_accuracy"))
+            exprs.append((am == pl.col(LOGITS).arr.arg_max()).mean().alias(f"teacher_{i}_agrees_with_ensemble"))
+        all_agree = pl.all_horizontal([am == member_argmax[0] for am in member_argmax[1:]]) if k > 1 else pl.lit(True)
+        exprs.append(all_agree.mean().alias("members_agree"))
+    totals = frame.select(exprs).collect(engine="streaming").row(0, named=True)
+    per_source = (
+        frame.group_by(SOURCE)
+        .agg(pl.len().alias("rows"), labelled.sum().alias("labelled"))
+        .sort(SOURCE)
+        .collect(engine="streaming")
+        .to_dicts()
+    )
+    size = sum(s.bytes for s in manifest.shards)
+    teachers = []
+    for i, t in enumerate(prov["teachers"]):
+        teachers.append({
+            "name": t["name"], "format": t["format"], "weight": t["weight"], "sha256": t["sha256"],
+            "accuracy": totals.get(f"teacher_{i}_accuracy"),
+            "agrees_with_ensemble": totals.get(f"teacher_{i}_agrees_with_ensemble"),
+        })
+    return {
+        "directory": str(directory),
+        "rows": totals["rows"],
+        "labelled_rows": totals["labelled"],
+        "unlabelled_rows": totals["rows"] - totals["labelled"],
+        "shards": len(manifest.shards),
+        "bytes": size,
+        "bytes_per_row": size / max(totals["rows"], 1),
+        "num_classes": manifest.num_classes,
+        "class_names": prov.get("class_names"),
+        "temperature": manifest.temperature,
+        "combine": manifest.combine,
+        "storage_dtype": prov["storage_dtype"],
+        "teachers": teachers,
+        "teacher_logits_kept": kept,
+        "ensemble_accuracy": totals["ensemble_accuracy"],
+        "mean_entropy_nats": totals["entropy"],
+        "max_entropy_nats": math.log(manifest.num_classes),
+        "members_agree": totals.get("members_agree"),
+        "sources": per_source,
+        "created": prov.get("created"),
+        "device": prov.get("device"),
+        "versions": prov.get("versions"),
+    }

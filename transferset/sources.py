@@ -1,0 +1,171 @@
+"""Source rows: the Parquet files a transfer set is generated from.
+
+`--source` takes files, directories (every *.parquet below, sorted) and globs.
+Each file is one `SourceFile` with a content fingerprint (SHA-256 of its bytes),
+so that row ids and the resume check do not depend on where the file lives.
+
+A row is labelled when the label column exists and is non-null there; a file
+without the label column is wholly unlabelled.
+
+The shard plan cuts every file into row ranges of at most `shard_rows` rows;
+shards never span files, so a shard is a pure function of (file, start, stop)
+and a rerun reproduces it exactly.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from transferset.errors import UserError
+from transferset.manifest import file_sha256
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    path: str
+    fingerprint: str  # sha256 of the file's bytes
+    rows: int
+    schema: pa.Schema
+    row_group_rows: tuple[int, ...]
+    has_label: bool
+
+    def describe(self, labelled_rows: int) -> dict:
+        return {
+            "path": self.path,
+            "fingerprint": self.fingerprint,
+            "rows": self.rows,
+            "labelled_rows": labelled_rows,
+            "labelled": labelled_rows > 0,
+        }
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    index: int
+    source: int  # index into the list of SourceFile
+    start: int
+    stop: int
+
+    @property
+    def rows(self) -> int:
+        return self.stop - self.start
+
+
+def expand_sources(specs: list[str]) -> list[str]:
+    """Files, directories and globs -> a sorted, de-duplicated list of files."""
+    if not specs:
+        raise UserError("no --source given; pass a Parquet file, a directory of them, or a glob")
+    files: list[str] = []
+    for spec in specs:
+        if os.path.isdir(spec):
+            found = sorted(str(p) for p in Path(spec).rglob("*.parquet") if p.is_file())
+            if not found:
+                raise UserError(f"source directory {spec!r} holds no .parquet files")
+        elif os.path.isfile(spec):
+            found = [spec]
+        elif glob.has_magic(spec):
+            found = sorted(p for p in glob.glob(spec, recursive=True) if os.path.isfile(p))
+            if not found:
+                raise UserError(f"source glob {spec!r} matches no files")
+        else:
+            raise UserError(f"source {spec!r} does not exist; pass a Parquet file, a directory or a glob")
+        for f in found:
+            if f not in files:
+                files.append(f)
+    return files
+
+
+def open_source(path: str, label_column: str | None) -> SourceFile:
+    try:
+        meta = pq.ParquetFile(path).metadata
+        schema = pq.read_schema(path)
+    except (pa.ArrowInvalid, OSError) as error:
+        raise UserError(f"source {path!r} is not a readable Parquet file ({error}); convert it with `transferset convert`") from None
+    if meta.num_rows == 0:
+        raise UserError(f"source {path!r} is empty (0 rows); remove it from --source")
+    has_label = label_column is not None and label_column in schema.names
+    if has_label:
+        ltype = schema.field(label_column).type
+        if not (pa.types.is_integer(ltype) or pa.types.is_null(ltype)):
+            raise UserError(
+                f"source {path!r}: label column {label_column!r} is {ltype}, not integers; "
+                f"map class names to integer ids first (class names go in --class-names)"
+            )
+    return SourceFile(
+        path=path,
+        fingerprint=file_sha256(Path(path)),
+        rows=meta.num_rows,
+        schema=schema,
+        row_group_rows=tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups)),
+        has_label=has_label,
+    )
+
+
+def label_stats(source: SourceFile, label_column: str) -> tuple[int, int | None, int | None]:
+    """(labelled rows, min label, max label), from one streamed column."""
+    if not source.has_label:
+        return 0, None, None
+    labelled, lo, hi = 0, None, None
+    f = pq.ParquetFile(source.path, pre_buffer=False, buffer_size=1 << 20)
+    for batch in f.iter_batches(batch_size=1 << 16, columns=[label_column]):
+        col = batch.column(0)
+        n = len(col) - col.null_count
+        if n == 0:
+            continue
+        labelled += n
+        mm = pc.min_max(col)
+        lo = mm["min"].as_py() if lo is None else min(lo, mm["min"].as_py())
+        hi = mm["max"].as_py() if hi is None else max(hi, mm["max"].as_py())
+    return labelled, lo, hi
+
+
+def plan_shards(sources: list[SourceFile], shard_rows: int) -> list[ShardPlan]:
+    plans = []
+    for s_idx, source in enumerate(sources):
+        for start in range(0, source.rows, shard_rows):
+            plans.append(ShardPlan(len(plans), s_idx, start, min(start + shard_rows, source.rows)))
+    return plans
+
+
+def read_shard_rows(source: SourceFile, plan: ShardPlan, columns: list[str], batch_size: int) -> Iterator[tuple[int, pa.RecordBatch]]:
+    """Yield (first row index, batch) over rows [plan.start, plan.stop) of one file.
+
+    Reads only the row groups that overlap the range, one at a time
+    (pre_buffer=False keeps memory at a row group, NOTES.md), and re-cuts them
+    into batches of exactly `batch_size` rows (the last may be shorter), so the
+    batches, and with them the teachers' float results, are the same on every run.
+    """
+    f = pq.ParquetFile(source.path, pre_buffer=False, buffer_size=1 << 20)
+    bounds = np.concatenate([[0], np.cumsum(source.row_group_rows)])
+    pending: pa.Table | None = None  # rows read but not yet yielded (slices are zero-copy)
+    next_row = plan.start
+    for g in range(len(source.row_group_rows)):
+        g_start, g_stop = int(bounds[g]), int(bounds[g + 1])
+        if g_stop <= plan.start or g_start >= plan.stop:
+            continue
+        table = f.read_row_group(g, columns=columns)
+        lo, hi = max(plan.start, g_start) - g_start, min(plan.stop, g_stop) - g_start
+        table = table.slice(lo, hi - lo)
+        pending = table if pending is None else pa.concat_tables([pending, table])
+        offset = 0
+        while pending.num_rows - offset >= batch_size:
+            yield next_row, _one_batch(pending.slice(offset, batch_size))
+            offset += batch_size
+            next_row += batch_size
+        pending = pending.slice(offset)
+    if pending is not None and pending.num_rows:
+        yield next_row, _one_batch(pending)
+
+
+def _one_batch(table: pa.Table) -> pa.RecordBatch:
+    """One RecordBatch (copying only when the rows straddle two row groups)."""
+    return table.combine_chunks().to_batches()[0]

@@ -1,0 +1,180 @@
+"""Parquet shards: encode and write on a background thread, publish by rename.
+
+The teacher loop hands finished batches (plain NumPy/Arrow arrays) to a bounded
+queue; one writer thread casts them to the declared schema, encodes Parquet and
+writes. The queue bound keeps memory flat whatever the dataset size, and the
+thread overlaps encoding with the next teacher batch (pyarrow releases the GIL
+while it compresses and writes).
+
+A shard is written as `.part-00007.parquet.tmp-<pid>`, fsynced, checksummed,
+renamed to `part-00007.parquet`, and only then is its record written. A crash
+at any point leaves either a finished shard with its record, or a temp file the
+next run deletes: never a file that looks finished but is not.
+
+Encoding (measured, see docs/format.md): zstd level 1; float columns without
+dictionary and with BYTE_STREAM_SPLIT; no statistics on the logits columns
+(writing float16 statistics costs ~2x the write time and nobody filters on them).
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from transferset.manifest import ShardRecord, file_sha256, shard_name, write_shard_record
+from transferset.schema import LABEL, LOGITS, TEACHER_LOGITS
+
+QUEUE_DEPTH = 8  # batches in flight between the teacher loop and the writer
+
+
+@dataclass
+class _Open:
+    index: int
+    tmp: Path
+
+
+@dataclass
+class _Rows:
+    index: int
+    batch: pa.RecordBatch
+
+
+@dataclass
+class _Close:
+    index: int
+
+
+def parquet_options(schema: pa.Schema) -> dict:
+    float_leaves = []
+    for name in (LOGITS, TEACHER_LOGITS):
+        if name in schema.names:
+            depth = 2 if name == TEACHER_LOGITS else 1
+            float_leaves.append(name + ".list.element" * depth)
+    plain_columns = [n for n in schema.names if n not in (LOGITS, TEACHER_LOGITS)]
+    return {
+        "compression": "zstd",
+        "compression_level": 1,
+        # Dictionary only where values repeat (source path, label); float
+        # dictionaries make files bigger and slower (NOTES.md).
+        "use_dictionary": [n for n in ("source", LABEL) if n in schema.names],
+        "column_encoding": {leaf: "BYTE_STREAM_SPLIT" for leaf in float_leaves},
+        "write_statistics": plain_columns,
+    }
+
+
+class ShardWriter:
+    """Background writer of one writer's shards into `directory`."""
+
+    def __init__(self, directory: Path, schema: pa.Schema, row_group_rows: int) -> None:
+        self.directory = directory
+        self.schema = schema
+        self.row_group_rows = row_group_rows
+        self.options = parquet_options(schema)
+        self.records: list[ShardRecord] = []
+        self._queue: queue.Queue = queue.Queue(maxsize=QUEUE_DEPTH)
+        self._error: BaseException | None = None  # set by the thread, raised in the caller
+        self._aborted = False
+        self._thread = threading.Thread(target=self._run, name="transferset-writer", daemon=True)
+        self._thread.start()
+
+    # -- called from the teacher loop ------------------------------------------
+
+    def open_shard(self, index: int) -> None:
+        self._put(_Open(index, self.directory / f".{shard_name(index)}.tmp-{os.getpid()}"))
+
+    def write(self, index: int, batch: pa.RecordBatch) -> None:
+        self._put(_Rows(index, batch))
+
+    def close_shard(self, index: int) -> None:
+        self._put(_Close(index))
+
+    def finish(self) -> list[ShardRecord]:
+        """Wait until every queued shard is on disk; re-raise a writer failure."""
+        self._put(None)
+        self._thread.join()
+        self._raise_if_failed()
+        return self.records
+
+    def abort(self) -> None:
+        """Stop after an error elsewhere: drop queued work, delete the temp file."""
+        self._aborted = True
+        try:
+            while True:
+                self._queue.get_nowait()
+        except queue.Empty:
+            pass
+        try:
+            self._queue.put_nowait(None)
+        except queue.Full:
+            pass
+        self._thread.join(timeout=60)
+
+    def _put(self, item) -> None:
+        while True:
+            self._raise_if_failed()
+            try:
+                self._queue.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            self._aborted = True
+            raise error
+
+    # -- the thread ----------------------------------------------------------------
+
+    def _run(self) -> None:
+        writer: pq.ParquetWriter | None = None
+        current: _Open | None = None
+        rows = labelled = 0
+        try:
+            while (item := self._queue.get()) is not None:
+                if self._aborted:
+                    break
+                if isinstance(item, _Open):
+                    current, rows, labelled = item, 0, 0
+                    writer = pq.ParquetWriter(item.tmp, self.schema, **self.options)
+                elif isinstance(item, _Rows):
+                    writer.write_batch(item.batch, row_group_size=self.row_group_rows)
+                    rows += item.batch.num_rows
+                    labelled += item.batch.num_rows - item.batch.column(LABEL).null_count
+                elif isinstance(item, _Close):
+                    writer.close()
+                    writer = None
+                    self.records.append(self._publish(current, rows, labelled))
+                    current = None
+        except BaseException as error:  # handed to the teacher loop, which re-raises it
+            self._error = error
+        finally:
+            if writer is not None:
+                try:
+                    writer.close()
+                except Exception:
+                    pass
+            if current is not None:
+                current.tmp.unlink(missing_ok=True)
+
+    def _publish(self, shard: _Open, rows: int, labelled: int) -> ShardRecord:
+        with open(shard.tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        final = self.directory / shard_name(shard.index)
+        record = ShardRecord(
+            path=final.name,
+            index=shard.index,
+            rows=rows,
+            labelled_rows=labelled,
+            bytes=shard.tmp.stat().st_size,
+            sha256=file_sha256(shard.tmp),
+        )
+        os.replace(shard.tmp, final)
+        write_shard_record(self.directory, record)
+        return record
