@@ -44,7 +44,9 @@ class InputSpec:
         if self.transform is None:
             if len(self.columns) != 1:
                 raise UserError("several --input-column need a --transform that combines them")
-            if not self.shape or any(d <= 0 for d in self.shape):
+            if not self.shape:
+                raise UserError("--input-shape is required for array inputs (e.g. 1,28,28), unless a --transform builds the tensor")
+            if any(d <= 0 for d in self.shape):
                 raise UserError(f"--input-shape {self.shape} must be positive integers like 1,28,28")
         for name, values in (("mean", self.mean), ("std", self.std)):
             if values is None:

@@ -1,8 +1,8 @@
 """`transferset demo`: the whole product on the bundled digits, through the CLI's own stages.
 
 The bundled sample is scikit-learn's 1,797 8x8 handwritten digits (data/).
-The demo splits it into a small labelled set, a larger pool used WITHOUT its
-labels, and held-out test rows, then:
+The demo shuffles it (seeded) into a small labelled set, a larger pool used
+WITHOUT its labels, and held-out test rows, then:
 
   1. trains a small teacher ensemble on the labelled rows  (transferset train --data)
   2. generates a transfer set over labelled + unlabelled rows  (transferset generate)
@@ -12,7 +12,7 @@ labels, and held-out test rows, then:
      transferset eval for the students)
 
 and prints one table. Every stage is a `cli.main([...])` call, the same code a
-user runs from a shell.
+user runs from a shell. Each stage's own output goes to OUT/logs/.
 """
 
 from __future__ import annotations
@@ -31,15 +31,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=str(REPO_DATA), help="the digits Parquet file (default: the bundled data/digits.parquet)")
     p.add_argument("--teachers", type=int, default=3, help="ensemble size (default: 3)")
     p.add_argument("--labelled", type=int, default=300, help="labelled rows the teachers and the hard-label student see (default: 300)")
-    p.add_argument("--test", type=int, default=597, help="held-out rows at the end of the file (default: 597)")
+    p.add_argument("--test", type=int, default=597, help="held-out rows (default: 597)")
     p.add_argument("--temperature", type=float, default=4.0, help="distillation temperature (default: 4)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print the results as one JSON object instead of tables")
 
 
 def run(args: argparse.Namespace) -> int:
     import shutil
     import time
 
+    import numpy as np
     import pyarrow.parquet as pq
     from rich.console import Console
     from rich.table import Table
@@ -60,6 +62,9 @@ def run(args: argparse.Namespace) -> int:
     # -- data: labelled | unlabelled pool | held-out test --------------------------
     table = pq.read_table(data)
     n = table.num_rows
+    # A seeded shuffle: the file is ordered by writer, so contiguous slices would
+    # test on writers the models never saw.
+    table = table.take(np.random.default_rng(args.seed).permutation(n))
     if not 0 < args.labelled < n - args.test:
         raise UserError(f"--labelled {args.labelled} and --test {args.test} do not fit the {n} rows of {data}")
     labelled, pool, test = out / "labelled.parquet", out / "unlabelled.parquet", out / "test.parquet"
@@ -71,14 +76,21 @@ def run(args: argparse.Namespace) -> int:
     inputs = ["--input-column", "pixels", "--input-shape", "1,8,8", "--input-scale", "1/16"]
     times: dict[str, float] = {}
 
+    logs = out / "logs"
+    logs.mkdir()
+
     def stage(name: str, argv: list[str]) -> None:
+        import contextlib
+
         import cli
 
+        log = logs / f"{len(list(logs.iterdir())):02d}-{argv[0]}.log"
         started = time.perf_counter()
-        code = cli.main(argv + quiet)
+        with open(log, "w") as f, contextlib.redirect_stderr(f):
+            code = cli.main(argv + quiet)
         times[name] = times.get(name, 0.0) + time.perf_counter() - started
         if code != 0:
-            raise UserError(f"demo stage {name!r} failed (exit {code}): transferset {' '.join(argv)}")
+            raise UserError(f"demo stage {name!r} failed (exit {code}), see {log}: transferset {' '.join(argv)}")
 
     console = Console(stderr=True)
     say = (lambda m: None) if args.quiet else (lambda m: console.print(f"[bold]demo[/]: {m}"))
@@ -117,6 +129,11 @@ def run(args: argparse.Namespace) -> int:
                        "--temperature", str(args.temperature), "--keep-teacher-logits", "--out", str(scored)])
     rows = _score_rows(out, scored, test, stage)
 
+    if args.json:
+        import json
+
+        print(json.dumps({"rows": [{"model": m, "accuracy": a, "errors": round((1 - a) * args.test)} for m, a in rows], "seconds": times}))
+        return 0
     result = Table(title=f"transferset demo: {args.test} held-out digits ({args.labelled} labelled rows + {n - args.test - args.labelled} unlabelled)")
     for col in ("model", "accuracy", "errors"):
         result.add_column(col, justify="left" if col == "model" else "right")

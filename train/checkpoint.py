@@ -1,0 +1,232 @@
+"""Checkpoints: everything an exact resume needs, loadable with weights_only=True.
+
+A checkpoint is one dict saved by `torch.save`:
+
+    format, version      "transferset-checkpoint", 1
+    fingerprint          the run's config fingerprint (config.py): a resume with
+                         any other config is refused
+    position             {"epoch", "batch_in_epoch", "step"}: the epoch being
+                         trained, batches of it whose update has been applied,
+                         optimiser steps so far. Counted where the loss is
+                         computed, not where a loader prefetches, so resuming
+                         replays exactly the batches not yet learned from.
+    model, optimizer, scheduler, scaler   their state dicts (scaler: None or fp16's)
+    rng                  torch (CPU and every CUDA device), numpy, python states,
+                         as tensors and plain numbers
+    epoch_stats          running sums of the epoch so far (loss per batch, rows),
+                         so the resumed epoch's metrics equal the uninterrupted ones
+
+Files are `checkpoints/step-00000123.pt`, written to a temporary name in the same
+directory and published with `os.replace`, so a kill at any moment leaves either
+the previous checkpoint or the new one, never half of one.
+
+The run directory's rules (`prepare_run_dir`): the same config as the run already
+there resumes from its newest checkpoint (so rerunning a killed command continues
+it); a different config is refused unless --overwrite; --resume [FILE] insists on
+a checkpoint and on the same config fingerprint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from train.metrics import MetricsLog
+from transferset import __version__
+from transferset.errors import UserError
+from transferset.manifest import atomic_write_json
+
+if TYPE_CHECKING:
+    from train.config import TrainConfig
+
+FORMAT = "transferset-checkpoint"
+VERSION = 1
+# What a run directory holds (besides student.pt / student.pt2, see export.py).
+CONFIG = "config.json"
+METRICS = "metrics.jsonl"
+CHECKPOINTS = "checkpoints"
+_NAME = re.compile(r"^step-(\d+)\.pt$")
+
+
+def checkpoint_path(directory: Path, step: int) -> Path:
+    return directory / f"step-{step:08d}.pt"
+
+
+def save_checkpoint(directory: Path, state: dict[str, Any], keep: int = 2) -> Path:
+    """Atomically write `state` as the checkpoint of `state["position"]["step"]`;
+    then delete all but the newest `keep` checkpoints."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = checkpoint_path(directory, state["position"]["step"])
+    tmp = directory / f".{path.name}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        torch.save({"format": FORMAT, "version": VERSION, **state}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    for old in list_checkpoints(directory)[:-keep] if keep > 0 else []:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def list_checkpoints(directory: Path) -> list[Path]:
+    """Published checkpoints, oldest first (temporary files are ignored)."""
+    if not directory.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := _NAME.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load with weights_only=True; a damaged or foreign file is a UserError."""
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"checkpoint {str(path)!r} does not exist; drop --resume or point it at a file in RUN/checkpoints/") from None
+    except Exception as error:  # unpickling errors come in many types
+        raise UserError(f"checkpoint {str(path)!r} cannot be read ({type(error).__name__}); delete it to resume from an earlier one") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise UserError(f"{str(path)!r} is not a transferset checkpoint")
+    if state.get("version") != VERSION:
+        raise UserError(f"checkpoint {str(path)!r} has version {state.get('version')!r}; this transferset reads version {VERSION}")
+    return state
+
+
+# -- random number generator states ------------------------------------------
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG a training step may draw from, as tensors and plain numbers."""
+    np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    py_version, py_state, py_gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {
+            "kind": str(np_kind),
+            "keys": torch.from_numpy(np.asarray(np_keys, dtype=np.int64)),
+            "pos": int(np_pos),
+            "has_gauss": int(np_has_gauss),
+            "gauss": float(np_gauss),
+        },
+        "python": {"version": int(py_version), "state": list(py_state), "gauss": py_gauss},
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        # A resume on fewer GPUs restores the ones that exist.
+        for index, cuda_state in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, index)
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
+
+
+# -- the run directory: start, resume or refuse --------------------------------------------------------------------------
+
+
+def prepare_run_dir(cfg: "TrainConfig", out: Path, fingerprint: str, identity: dict, resolved: dict) -> dict | None:
+    """Start a new run, or return the checkpoint state to resume from.
+
+    Same config as the run already in `out`: resume from its newest checkpoint
+    (rerunning a killed command continues it). Different config: refuse unless
+    --overwrite. --resume PATH: that checkpoint, which must match the config.
+    """
+    config_path = out / CONFIG
+    existing = _read_run_config(config_path, damaged_ok=cfg.overwrite)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a directory for the run")
+    if existing is None and out.is_dir() and any(out.iterdir()):
+        raise UserError(f"--out {out} exists and is not a transferset run (no {CONFIG}); choose a new or empty directory")
+    if existing is not None and cfg.overwrite:
+        _remove_run_outputs(out)
+        existing = None
+    if existing is not None and existing.get("fingerprint") != fingerprint:
+        changed = ", ".join(_changed_fields(existing, cfg, identity))
+        if cfg.resume == "latest":
+            raise UserError(
+                f"--resume: the checkpoint was written by a different configuration (changed: {changed}); "
+                f"rerun with the original flags, or drop --resume and pass --overwrite to start again"
+            )
+        raise UserError(f"--out {out} holds a run with a different configuration (changed: {changed}); pass --overwrite to replace it, or choose another --out")
+
+    state = None
+    if cfg.resume not in (None, "latest"):  # an explicit checkpoint file
+        path = Path(cfg.resume)
+        state = load_checkpoint(path)
+        if state["fingerprint"] != fingerprint:
+            origin = _read_run_config(path.parent.parent / CONFIG)  # RUN/checkpoints/step-N.pt -> RUN/config.json
+            changed = ", ".join(_changed_fields(origin, cfg, identity)) if origin else "unknown: its run's config.json is missing"
+            raise UserError(f"--resume {path}: the checkpoint was written by a different configuration (changed: {changed}); rerun with the original flags")
+    elif existing is not None or cfg.resume == "latest":  # same config: continue from the newest checkpoint
+        found = list_checkpoints(out / CHECKPOINTS)
+        if cfg.resume == "latest" and not found:
+            raise UserError(f"--resume: {out / CHECKPOINTS} has no checkpoint to resume from; drop --resume to start the run")
+        state = load_checkpoint(found[-1]) if found else None
+        if state is not None and state["fingerprint"] != fingerprint:
+            raise UserError(f"--resume: {found[-1]} was written by a different configuration than {out / CONFIG} records; pass --overwrite to start again")
+
+    out.mkdir(parents=True, exist_ok=True)
+    log = MetricsLog(out / METRICS)
+    if state is None:
+        _remove_run_outputs(out)  # a same-config run without any checkpoint starts from scratch
+    else:
+        log.keep_until(state["position"]["step"])
+    atomic_write_json(
+        out / CONFIG,
+        {
+            "format": "transferset-run",
+            "transferset_version": __version__,
+            "fingerprint": fingerprint,
+            "data_identity": identity,
+            "config": cfg.to_dict(),
+            "trajectory": cfg.trajectory(),
+            "resolved": resolved,
+            "finished": False,
+        },
+    )
+    return state
+
+
+def _read_run_config(path: Path, damaged_ok: bool = False) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError:
+        if damaged_ok:
+            return {"damaged": True}  # --overwrite: replaced anyway
+        raise UserError(f"{path} is not valid JSON; the run directory is damaged: pass --overwrite to start again") from None
+
+
+def _remove_run_outputs(out: Path) -> None:
+    """Delete what a run writes, and nothing else."""
+    for name in (CONFIG, METRICS, "student.pt", "student.pt2"):
+        (out / name).unlink(missing_ok=True)
+    for leftover in out.glob(".*"):  # temporary files of a killed export / state-dict write
+        if leftover.name.startswith((".student.pt.tmp-", ".tmp-")):
+            leftover.unlink()
+    folder = out / CHECKPOINTS
+    if folder.is_dir():
+        for p in folder.iterdir():
+            if p.name.startswith(("step-", ".step-")):
+                p.unlink()
+
+
+def _changed_fields(existing: dict, cfg: "TrainConfig", identity: dict) -> list[str]:
+    """The flags (and data) whose values differ from the run recorded in `existing`."""
+    old, new = existing.get("trajectory", {}), cfg.trajectory()
+    flags = {"student_args": "--student-arg", "input": "--input-*/--transform"}
+    changed = [flags.get(k, f"--{k.replace('_', '-')}") for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
+    if existing.get("data_identity") != identity:
+        changed.append("the training data")
+    return changed or ["the defaults of this transferset version"]

@@ -1,0 +1,116 @@
+"""Student losses, one function each, all computed in float32.
+
+Shapes: B rows, C classes.
+    student_logits  float32 [B, C] (cast up here if autocast made them bf16/fp16;
+                    float64 stays float64, which the gradient tests use)
+    target_logits   float32 [B, C] stored soft targets: softmax(t / T) is the
+                    teachers' combined distribution at temperature T
+    labels          int64 [B], -1 where the row has no hard label
+
+Normalisation (why each term is averaged the way it is): the soft term is the
+mean over *all* rows, the hard term the mean over *labelled* rows only. So a
+batch that happens to hold 10% labelled rows has a hard term of the same scale
+as one with 90%, and `alpha` keeps meaning the same thing batch to batch. Rows
+without a label contribute only to the soft term; a batch with no labelled row
+has hard term 0 (not NaN).
+
+The `T^2` factor (Hinton et al. 2015): d KL(p_T || q_T) / d s = (q_T - p_T) / T
+per row, so the soft gradients shrink as 1/T; multiplying by T^2 gives
+T * (q_T - p_T) / B, whose magnitude stays about constant across temperatures
+(for large T, T * (q_T - p_T) ~ (s - t) / C), so the soft and hard terms keep
+their relative weight when T changes.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from transferset.errors import UserError
+
+LOSSES = ("kd", "mse")
+
+
+def _at_least_f32(x: torch.Tensor) -> torch.Tensor:
+    return x if x.dtype == torch.float64 else x.float()
+
+
+def soft_kl_loss(student_logits: torch.Tensor, target_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T^2 * mean_rows KL(p_T || q_T); a scalar.
+
+    p_T = softmax(target_logits / T), q_T = softmax(student_logits / T), both
+    taken as log_softmax in float32. KL = sum_c p (log p - log q) with the
+    convention p log p = 0 where p = 0 (a stored target logit of -inf, e.g. a
+    float16 underflow of an arithmetic mean, is a class of probability 0).
+    """
+    s = _at_least_f32(student_logits)
+    t = _at_least_f32(target_logits)
+    log_q = torch.log_softmax(s / temperature, dim=-1)  # [B, C]
+    log_p = torch.log_softmax(t / temperature, dim=-1)  # [B, C], no grad needed
+    p = log_p.exp()
+    # where(p > 0, ...) and not p * (...): 0 * (-inf - log_q) would be NaN.
+    per_class = torch.where(p > 0, p * (log_p - log_q), torch.zeros_like(log_q))
+    kl_per_row = per_class.sum(dim=-1)  # [B]
+    return temperature**2 * kl_per_row.mean()
+
+
+def hard_ce_loss(student_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy at T = 1, mean over rows with label >= 0; a scalar (0 when none)."""
+    labelled = labels >= 0  # [B]
+    if not bool(labelled.any()):
+        # Keep the graph connected (and the dtype/device right) with an exact 0.
+        return _at_least_f32(student_logits).sum() * 0.0
+    s = _at_least_f32(student_logits)[labelled]  # [L, C]
+    return torch.nn.functional.cross_entropy(s, labels[labelled], reduction="mean")
+
+
+def logit_mse_loss(student_logits: torch.Tensor, target_logits: torch.Tensor) -> torch.Tensor:
+    """Logit matching (Caruana / Ba & Caruana 2014): mean over rows and classes of
+    (centre(s) - centre(t))^2, where centre subtracts the row mean; a scalar.
+
+    Stored targets are shifted per row (max == 0) and a softmax does not see a
+    per-row shift, so both sides are centred: the loss then compares only what
+    the distribution depends on. Valid only for geometric targets, whose stored
+    logits are the weighted mean of the teachers' logits; an arithmetic target
+    is T * log(mean of probabilities), which no teacher ever produced as logits.
+    """
+    s = _at_least_f32(student_logits)
+    t = _at_least_f32(target_logits)
+    s = s - s.mean(dim=-1, keepdim=True)  # [B, C]
+    t = t - t.mean(dim=-1, keepdim=True)  # [B, C]
+    return (s - t).pow(2).mean()
+
+
+def distillation_loss(
+    student_logits: torch.Tensor,
+    target_logits: torch.Tensor | None,
+    labels: torch.Tensor,
+    *,
+    alpha: float,
+    temperature: float,
+    kind: str = "kd",
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """alpha * soft + (1 - alpha) * hard; returns (loss, {"soft": .., "hard": ..}).
+
+    The parts are detached scalar tensors (no host sync per step on a GPU).
+
+    soft = soft_kl_loss (kind "kd") or logit_mse_loss (kind "mse");
+    hard = hard_ce_loss. Without target logits (plain labelled data) the loss is
+    the hard term alone, whatever alpha is. A term whose weight is 0 is not
+    computed at all (so alpha = 1 never needs a label, alpha = 0 never a target).
+    """
+    if target_logits is None:
+        hard = hard_ce_loss(student_logits, labels)
+        return hard, {"soft": torch.zeros_like(hard.detach()), "hard": hard.detach()}
+    if kind not in LOSSES:
+        raise UserError(f"unknown --loss {kind!r}; use one of {', '.join(LOSSES)}")
+    zero = _at_least_f32(student_logits).sum() * 0.0
+    if alpha > 0:
+        if kind == "kd":
+            soft = soft_kl_loss(student_logits, target_logits, temperature)
+        else:
+            soft = logit_mse_loss(student_logits, target_logits)
+    else:
+        soft = zero
+    hard = hard_ce_loss(student_logits, labels) if alpha < 1 else zero
+    loss = alpha * soft + (1.0 - alpha) * hard
+    return loss, {"soft": soft.detach(), "hard": hard.detach()}

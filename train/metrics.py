@@ -1,0 +1,236 @@
+"""Evaluation metrics at T = 1, the per-epoch metrics log, and how both are shown.
+
+On labelled rows (label >= 0):
+    accuracy, errors        argmax(logits) vs label
+    nll                     mean -log softmax(logits)[label], float32 log_softmax
+    ece                     expected calibration error, 15 equal-width bins of
+                            confidence = max softmax prob, bins (lo, hi]:
+                            sum_b |b| / n * |accuracy(b) - mean confidence(b)|
+    per_class_errors        errors among rows whose true label is c, [C]
+On every row, when the data carries stored target logits (a transfer set):
+    agreement               fraction of rows where argmax(student) == argmax(target)
+`class_bias` [C] is added to the logits before anything is measured (Hinton et
+al.'s omitted-3 experiment raises one class's bias at test time).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+
+from transferset.errors import UserError
+
+ECE_BINS = 15
+
+
+class EvalAccumulator:
+    """Sums over batches; `result()` turns them into the metrics dict."""
+
+    def __init__(self, num_classes: int, device: torch.device | str = "cpu", where: str = "eval data") -> None:
+        self.num_classes = num_classes
+        self.where = where
+        f64 = dict(dtype=torch.float64, device=device)
+        i64 = dict(dtype=torch.int64, device=device)
+        self.rows = 0
+        self.labelled = torch.zeros((), **i64)
+        self.correct = torch.zeros((), **i64)
+        self.nll_sum = torch.zeros((), **f64)
+        self.bin_count = torch.zeros(ECE_BINS, **i64)
+        self.bin_confidence = torch.zeros(ECE_BINS, **f64)
+        self.bin_correct = torch.zeros(ECE_BINS, **i64)
+        self.class_rows = torch.zeros(num_classes, **i64)
+        self.class_errors = torch.zeros(num_classes, **i64)
+        self.agree = torch.zeros((), **i64)
+        self.target_rows = 0
+        self.edges = torch.linspace(0.0, 1.0, ECE_BINS + 1, device=device)[1:-1]  # inner edges
+
+    def update(self, logits: torch.Tensor, labels: torch.Tensor, target_logits: torch.Tensor | None = None) -> None:
+        """logits [B, C] (biased already), labels int64 [B] (-1 = none), target_logits [B, C] or None."""
+        logits = logits.float()
+        self.rows += logits.shape[0]
+        predicted = logits.argmax(dim=-1)  # [B]
+        if target_logits is not None:
+            self.agree += (predicted == target_logits.argmax(dim=-1)).sum()
+            self.target_rows += logits.shape[0]
+        mask = labels >= 0
+        if not bool(mask.any()):
+            return
+        y = labels[mask]
+        if int(y.max()) >= self.num_classes:
+            raise UserError(
+                f"{self.where} has label {int(y.max())} but the student has {self.num_classes} classes (labels must be 0..{self.num_classes - 1}); "
+                f"evaluate on data with the same classes"
+            )
+        log_q = torch.log_softmax(logits[mask], dim=-1)  # [L, C]
+        hit = predicted[mask] == y  # [L]
+        self.labelled += y.numel()
+        self.correct += hit.sum()
+        self.nll_sum -= log_q.gather(1, y.unsqueeze(1)).double().sum()
+        confidence = log_q.max(dim=-1).values.exp()  # [L]
+        bins = torch.bucketize(confidence, self.edges, right=False)  # (lo, hi] bins, [L]
+        self.bin_count += torch.bincount(bins, minlength=ECE_BINS)
+        self.bin_confidence.index_add_(0, bins, confidence.double())
+        self.bin_correct += torch.bincount(bins, weights=hit.double(), minlength=ECE_BINS).round().long()
+        self.class_rows += torch.bincount(y, minlength=self.num_classes)
+        self.class_errors += torch.bincount(y[~hit], minlength=self.num_classes)
+
+    def result(self) -> dict[str, Any]:
+        labelled = int(self.labelled)
+        out: dict[str, Any] = {"rows": self.rows, "labelled": labelled}
+        if labelled:
+            correct = int(self.correct)
+            count = self.bin_count.double()
+            gaps = (self.bin_correct.double() - self.bin_confidence).abs()  # |acc_b - conf_b| * |b|
+            out.update(
+                accuracy=correct / labelled,
+                errors=labelled - correct,
+                nll=float(self.nll_sum) / labelled,
+                ece=float(gaps.sum() / count.sum()),
+                per_class_errors=self.class_errors.tolist(),
+                per_class_rows=self.class_rows.tolist(),
+            )
+        if self.target_rows:
+            out["agreement"] = int(self.agree) / self.target_rows
+        return out
+
+
+def expected_calibration_error(confidence, correct, bins: int = ECE_BINS) -> float:
+    """ECE of 1-D arrays (confidence in [0, 1], correct as 0/1); bins are (lo, hi]."""
+    confidence = torch.as_tensor(confidence, dtype=torch.float64)
+    correct = torch.as_tensor(correct, dtype=torch.float64)
+    index = torch.bucketize(confidence, torch.linspace(0.0, 1.0, bins + 1, dtype=torch.float64)[1:-1], right=False)
+    count = torch.bincount(index, minlength=bins).double()
+    gap = (torch.bincount(index, weights=correct, minlength=bins) - torch.bincount(index, weights=confidence, minlength=bins)).abs()
+    return float(gap.sum() / count.sum())
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module,
+    batches: Iterable,
+    *,
+    num_classes: int,
+    device: torch.device,
+    class_bias: torch.Tensor | None = None,
+    where: str = "eval data",
+) -> dict[str, Any]:
+    """Run `model` (in eval mode, float32) over `batches` of `train.stream.Batch`."""
+    was_training = model.training
+    model.eval()
+    acc = EvalAccumulator(num_classes, device, where)
+    bias = class_bias.to(device) if class_bias is not None else None
+    try:
+        for batch in batches:
+            batch = batch.to(device, non_blocking=device.type == "cuda")
+            logits = model(batch.inputs).float()  # [B, C]
+            if bias is not None:
+                logits = logits + bias
+            acc.update(logits, batch.labels, batch.target_logits)
+    finally:
+        model.train(was_training)
+    return acc.result()
+
+
+def evaluate_sources(model: torch.nn.Module, sources: dict, *, batch_size: int, num_classes: int, device: torch.device) -> dict[str, Any]:
+    """Evaluate on each `train.stream.StreamSource` in `sources` ({path: source}).
+
+    Returns {"eval": {path: metrics}} plus the first source's scalar metrics at the
+    top level (what the epoch table shows); {} without sources."""
+    if not sources:
+        return {}
+    results = {}
+    for path, source in sources.items():
+        batches = source.epoch(batch_size=batch_size, seed=0, epoch=0, shuffle=False)
+        results[path] = evaluate(model, batches, num_classes=num_classes, device=device, where=path)
+    first = next(iter(results.values()))
+    return {**{k: v for k, v in first.items() if not isinstance(v, list)}, "eval": results}
+
+
+def parse_class_bias(items: list[str] | None, num_classes: int, class_names: list[str] | None = None) -> torch.Tensor | None:
+    """["3=3.5"] (or ["three=3.5"] with class names) -> float32 [C] with 3.5 at
+    index 3; None when no bias is given."""
+    if not items:
+        return None
+    bias = torch.zeros(num_classes)
+    names = {name: i for i, name in enumerate(class_names or [])}
+    for item in items:
+        key, sep, value = item.partition("=")
+        try:
+            amount = float(value)
+            index = names[key] if key in names else int(key)
+        except ValueError:
+            raise UserError(f"--class-bias {item!r} must look like CLASS=VALUE, e.g. 3=3.5") from None
+        if not sep or not 0 <= index < num_classes:
+            raise UserError(f"--class-bias {item!r}: class must be 0..{num_classes - 1}")
+        bias[index] += amount
+    return bias
+
+
+# -- the metrics log and its display --------------------------------------------
+
+
+class MetricsLog:
+    """`metrics.jsonl`: one JSON object per line, appended and flushed per epoch."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def append(self, record: dict[str, Any]) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record, sort_keys=True) + "\n")
+            f.flush()
+
+    def read(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+    def keep_until(self, step: int) -> None:
+        """Drop records logged after `step` (a resumed run logs them again)."""
+        kept = [r for r in self.read() if r.get("step", 0) <= step]
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
+        tmp.replace(self.path)
+
+
+# (record key, table header, format, width): fits an 80-column terminal.
+EPOCH_COLUMNS = (
+    ("epoch", "epoch", "{}", 5),
+    ("step", "step", "{}", 7),
+    ("train_loss", "loss", "{:.4f}", 7),
+    ("lr", "lr", "{:.2e}", 8),
+    ("accuracy", "acc", "{:.4f}", 6),
+    ("errors", "errors", "{}", 6),
+    ("nll", "nll", "{:.4f}", 7),
+    ("ece", "ece", "{:.4f}", 6),
+    ("agreement", "agree", "{:.4f}", 6),
+    ("rows_per_s", "rows/s", "{:,.0f}", 9),
+)
+
+
+class EpochTable:
+    """A rich table grown one row per epoch on a terminal; plain lines otherwise."""
+
+    def __init__(self, quiet: bool = False, stream=None) -> None:
+        self.stream = stream or sys.stderr
+        self.rich = not quiet and self.stream.isatty()
+        self.header_shown = False
+
+    def show(self, record: dict[str, Any]) -> None:
+        cells = {key: fmt.format(record[key]) for key, _, fmt, _ in EPOCH_COLUMNS if record.get(key) is not None}
+        if not self.rich:
+            print("  ".join(f"{k}={v}" for k, v in cells.items()), file=self.stream, flush=True)
+            return
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(show_header=not self.header_shown, box=None, pad_edge=False, padding=(0, 0, 0, 1))
+        for _, header, _, width in EPOCH_COLUMNS:
+            table.add_column(header, justify="right", width=width, no_wrap=True)
+        table.add_row(*(cells.get(key, "-") for key, _, _, _ in EPOCH_COLUMNS))
+        Console(file=self.stream).print(table)
+        self.header_shown = True
