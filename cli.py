@@ -3,6 +3,7 @@
     convert   .npy/.npz/IDX arrays -> a Parquet source
     generate  teacher ensemble over sources -> Parquet transfer set (stage 1)
     inspect   summary of a transfer set
+    verify    shard checksums against the manifest
     train     stream a transfer set (or labelled Parquet) into a student (stage 2)
     eval      evaluate a saved student on labelled Parquet
     demo      the whole flow on the bundled sample data
@@ -26,6 +27,7 @@ COMMANDS = {
     "convert": "transferset.commands.convert",
     "generate": "transferset.commands.generate",
     "inspect": "transferset.commands.inspect",
+    "verify": "transferset.commands.verify",
     "train": "train.commands.train",
     "eval": "train.commands.eval",
     "demo": "transferset.commands.demo",

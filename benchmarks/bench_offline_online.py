@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -113,6 +114,7 @@ def online_arm(spec_path: Path) -> None:
     scheduler = build_scheduler(optimizer, total_steps=epochs * steps_per_epoch, warmup_steps=0)
     model.train()
     for epoch in range(epochs):
+        started = time.perf_counter()
         # The trainer's order for a set that fits one shuffle window: one permutation per (seed, epoch).
         perm = torch.from_numpy(order.epoch_plan([n], seed, epoch, window=1)[0].order()).to(device)  # [N]
         for lo in range(0, n, batch_size):
@@ -126,21 +128,34 @@ def online_arm(spec_path: Path) -> None:
             loss.backward()
             optimizer.step()
             scheduler.step()
+        seconds = time.perf_counter() - started
+        print(f"online epoch={epoch + 1}  step={(epoch + 1) * steps_per_epoch}  rows_per_s={n / seconds:,.0f}", file=sys.stderr, flush=True)
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, spec["out"])
 
 
 # -- the parent: setup, both arms, accuracy, report --------------------------------------
 
 
-def cli(*args: str, capture: bool = False) -> tuple[float, str]:
-    """Run `transferset ARGS` as users do; (wall seconds, stdout)."""
+def timed(command: list[str], capture: bool = False) -> tuple[float, float, str]:
+    """Run a process to its end: (wall seconds, CPU seconds user + system, stdout).
+
+    CPU seconds are the child's own (RUSAGE_CHILDREN grows by exactly the children
+    that exited in between). They are the steadier figure on a shared machine: wall
+    time counts the time other processes held the cores, CPU time mostly does not."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "cli", *args], cwd=ROOT, text=True,
-                          stdout=subprocess.PIPE if capture else None)
+    done = subprocess.run(command, cwd=ROOT, text=True, stdout=subprocess.PIPE if capture else None)
     seconds = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode:
-        sys.exit(f"`transferset {' '.join(args)}` failed with exit code {done.returncode}")
-    return seconds, done.stdout or ""
+        sys.exit(f"`{' '.join(command)}` failed with exit code {done.returncode}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return seconds, cpu, done.stdout or ""
+
+
+def cli(*args: str, capture: bool = False) -> tuple[float, float, str]:
+    """Run `transferset ARGS` as users do; (wall s, CPU s, stdout)."""
+    return timed([sys.executable, "-m", "cli", *args], capture)
 
 
 def load_note() -> str:
@@ -166,7 +181,7 @@ def setup(args, work: Path) -> tuple[Path, Path, list[Path], list[float]]:
     for i in range(1, args.teachers + 1):
         run = work / "teachers" / f"rows{args.rows}-e{args.teacher_epochs}-t{i}"
         # A finished run with the same configuration is only re-exported (train/loop.py).
-        _, out = cli("train", "--quiet", "--json", "--data", str(train_pq), *INPUT_FLAGS, "--student", STUDENT,
+        _, _, out = cli("train", "--quiet", "--json", "--data", str(train_pq), *INPUT_FLAGS, "--student", STUDENT,
                      "--student-arg", "hidden=1200,1200", "--epochs", str(args.teacher_epochs), "--seed", str(i),
                      "--device", args.device, "--eval", str(test_pq), "--out", str(run), capture=True)
         accuracies.append(json.loads(out.strip().splitlines()[-1])["accuracy"])
@@ -188,10 +203,10 @@ def run_offline(args, work: Path, train_pq: Path, teachers: list[Path]) -> dict:
     generate_cmd = ["generate", "--quiet", *teacher_flags, "--source", str(train_pq), *INPUT_FLAGS, "--combine", args.combine,
                     "-T", str(args.temperature), "--device", args.device, "--out", str(transfer)]
     train_cmd = ["train", "--quiet", "--transfer", str(transfer), *student_flags(args), "--out", str(run)]
-    generate_s, _ = cli(*generate_cmd)
-    train_s, _ = cli(*train_cmd)
+    generate_s, generate_cpu, _ = cli(*generate_cmd)
+    train_s, train_cpu, _ = cli(*train_cmd)
     epoch_s = sum(json.loads(line)["seconds"] for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip())
-    return {"generate_s": generate_s, "train_s": train_s, "epochs_s": epoch_s, "student": str(run / "student.pt"),
+    return {"generate_s": generate_s, "train_s": train_s, "epochs_s": epoch_s, "cpu_s": generate_cpu + train_cpu, "student": str(run / "student.pt"),
             "commands": ["transferset " + " ".join(generate_cmd), "transferset " + " ".join(train_cmd)]}
 
 
@@ -203,12 +218,8 @@ def run_online(args, work: Path, train_pq: Path, teachers: list[Path]) -> dict:
             "combine": args.combine, "temperature": args.temperature, "alpha": args.alpha, "lr": args.lr, "momentum": args.momentum,
             "epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed}
     (out / "spec.json").write_text(json.dumps(spec, indent=1))
-    started = time.perf_counter()
-    done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--_online_arm", str(out / "spec.json")], cwd=ROOT)
-    seconds = time.perf_counter() - started
-    if done.returncode:
-        sys.exit(f"the online arm failed with exit code {done.returncode}")
-    return {"total_s": seconds, "student": spec["out"]}
+    seconds, cpu, _ = timed([sys.executable, str(Path(__file__).resolve()), "--_online_arm", str(out / "spec.json")])
+    return {"total_s": seconds, "cpu_s": cpu, "student": spec["out"]}
 
 
 def test_accuracy(state_dict_path: str, test_pq: Path, device: str) -> float:
@@ -256,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     acc_on = test_accuracy(online["student"], test_pq, args.device)
     off_total = offline["generate_s"] + offline["train_s"]
     ratio = off_total / online["total_s"]
+    cpu_ratio = offline["cpu_s"] / online["cpu_s"]
     gap = 100 * abs(acc_off - acc_on)
     student_rows = args.rows * args.epochs
     rows = [
@@ -264,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         ("offline total", f"{off_total:.1f} s", f"{student_rows / off_total:,.0f} student rows/s"),
         ("online total", f"{online['total_s']:.1f} s", f"{student_rows / online['total_s']:,.0f} student rows/s ({args.teachers} teachers every batch)"),
         ("ratio offline / online", f"{ratio:.3f}", f"offline takes {100 * ratio:.0f}% of the online time ({1 / ratio:.2f}x faster)"),
+        ("CPU s offline / online", f"{offline['cpu_s']:.0f} / {online['cpu_s']:.0f}", f"ratio {cpu_ratio:.3f} (user + system; steadier than wall time under load)"),
         ("test accuracy", f"{100 * acc_off:.2f} / {100 * acc_on:.2f}", f"offline / online, gap {gap:.2f} points "
                                                                           f"({'within' if gap <= args.tolerance else 'OUTSIDE'} +-{args.tolerance})"),
         ("teachers' accuracy", " ".join(f"{100 * a:.2f}" for a in teacher_acc), ""),
@@ -275,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"mode": mode, "rows": args.rows, "teachers": args.teachers, "teacher_epochs": args.teacher_epochs, "epochs": args.epochs,
               "batch_size": args.batch_size, "temperature": args.temperature, "alpha": args.alpha, "combine": args.combine, "lr": args.lr,
               "offline_generate_s": offline["generate_s"], "offline_train_s": offline["train_s"], "offline_epochs_s": offline["epochs_s"],
-              "offline_total_s": off_total, "online_total_s": online["total_s"], "ratio": ratio, "accuracy_offline": acc_off,
+              "offline_total_s": off_total, "online_total_s": online["total_s"], "ratio": ratio, "offline_cpu_s": offline["cpu_s"], "online_cpu_s": online["cpu_s"], "cpu_ratio": cpu_ratio, "accuracy_offline": acc_off,
               "accuracy_online": acc_on, "teacher_accuracy": teacher_acc, "loadavg_end": os.getloadavg(), "commands": offline["commands"]}
     (work / f"results-{mode}.json").write_text(json.dumps(result, indent=1))
     print(f"  results: {work / f'results-{mode}.json'}")

@@ -49,6 +49,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=3, help="timed epochs per mode (after one warm-up epoch each)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--synthetic", action="store_true", help="random pixels instead of MNIST")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     p.add_argument("--mem-rows", default="1000000,4000000", help="comma-separated row counts of the memory benchmark")
     p.add_argument("--mem-classes", type=int, default=100)
     p.add_argument("--mem-features", type=int, default=16)
@@ -137,6 +138,8 @@ def bench_training(args, workdir: Path) -> dict:
     from train.stream import StreamSource
     from transferset.inputs import InputSpec
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     pixels, labels, what = load_mnist(args.rows, args.synthetic)
     teacher = np.random.default_rng(1).standard_normal((784, 10)).astype(np.float32) * 0.05
     spec = InputSpec(columns=("x",), shape=(784,), scale=1 / 255)
@@ -182,15 +185,18 @@ def bench_training(args, workdir: Path) -> dict:
     stream_epoch(source, *kept_model, 0)
     stream_epoch(reread, *reread_model, 0)
     times = {key: [] for key in ("memory", "kept", "reread", "read_kept", "read_reread")}
+    cpu = {key: [] for key in times}  # CPU seconds of all threads: the work, whatever else runs on the machine
     for epoch in range(1, args.epochs + 1):  # interleaved, so drifts of a noisy machine hit all modes
-        times["memory"].append(_timed(memory_epoch, *mem_model, epoch))
-        times["kept"].append(_timed(stream_epoch, source, *kept_model, epoch))
-        times["reread"].append(_timed(stream_epoch, reread, *reread_model, epoch))
-        times["read_kept"].append(_timed(read_only_epoch, source, epoch))
-        times["read_reread"].append(_timed(read_only_epoch, reread, epoch))
+        for key, fn, fn_args in (("memory", memory_epoch, mem_model), ("kept", stream_epoch, (source, *kept_model)),
+                                 ("reread", stream_epoch, (reread, *reread_model)), ("read_kept", read_only_epoch, (source,)),
+                                 ("read_reread", read_only_epoch, (reread,))):
+            wall, used = _timed(fn, *fn_args, epoch)
+            times[key].append(wall)
+            cpu[key].append(used)
     ratios = {mode: [s / m for s, m in zip(times[mode], times["memory"])] for mode in ("kept", "reread")}
+    cpu_ratios = {mode: statistics.median(cpu[mode]) / statistics.median(cpu["memory"]) for mode in ("kept", "reread")}
     return {"data": what, "rows": args.rows, "batches": source.num_batches(args.batch_size), "times": times, "ratios": ratios,
-            "threads": torch.get_num_threads(), "windows": (1, -(-len(reread._row_groups) // reread.window_row_groups))}
+            "cpu_ratios": cpu_ratios, "threads": torch.get_num_threads(), "windows": (1, -(-len(reread._row_groups) // reread.window_row_groups))}
 
 
 def _table_of(directory: Path, columns: list[str]):
@@ -200,10 +206,11 @@ def _table_of(directory: Path, columns: list[str]):
     return pa.concat_tables([pq.read_table(p, columns=columns) for p in sorted(directory.glob("part-*.parquet"))]).combine_chunks()
 
 
-def _timed(fn, *a) -> float:
-    start = time.perf_counter()
+def _timed(fn, *a) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) of fn(*a)."""
+    start, start_cpu = time.perf_counter(), time.process_time()
     fn(*a)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - start_cpu
 
 
 # -- 2. memory ------------------------------------------------------------------
@@ -280,11 +287,13 @@ def main(argv=None) -> int:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-stream-"))
     try:
         train = None if args.skip_train else bench_training(args, workdir)
+        load_before = os.getloadavg()[0]
         memory = [] if args.skip_memory else bench_memory(args, workdir)
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
-    print(f"\nbench_stream{' --quick' if args.quick else ''}: batch {args.batch_size}, {os.cpu_count()} CPUs")
+    print(f"\nbench_stream{' --quick' if args.quick else ''}: batch {args.batch_size}, {os.cpu_count()} CPUs, "
+          f"load average {load_before:.1f} before the memory part / {os.getloadavg()[0]:.1f} at the end (other processes skew wall times)")
     if train:
         t, r = train["times"], train["ratios"]
         print(f"\n1. streaming overhead, MLP 784-800-800-10 on {train['rows']:,} rows ({train['data']}, {train['batches']} batches/epoch, "
@@ -298,7 +307,7 @@ def main(argv=None) -> int:
         for mode, label in (("kept", "kept"), ("reread", "re-read")):
             ratio = statistics.median(r[mode])
             print(f"   median ratio streamed ({label}) / in memory: {ratio:.3f} (target <= 1.05: {'ok' if ratio <= 1.05 else 'OVER TARGET'}); "
-                  f"stream alone {train['rows'] / statistics.median(t['read_' + mode]):,.0f} rows/s")
+                  f"CPU-time ratio {train['cpu_ratios'][mode]:.3f}; stream alone {train['rows'] / statistics.median(t['read_' + mode]):,.0f} rows/s")
     if memory:
         print(f"\n2. memory of one streamed epoch (C={args.mem_classes} float16 logits, {args.mem_features} float32 features, "
               f"no training; peak RSS = VmHWM of a fresh process, baseline = after imports)")

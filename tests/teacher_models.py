@@ -57,3 +57,7 @@ def slow() -> torch.nn.Module:
 
 def not_a_module():
     return "hello"
+
+
+class PickledStateDict(dict):
+    """A state dict saved as a custom class: loading it needs full unpickling."""

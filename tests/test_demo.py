@@ -20,8 +20,18 @@ def test_demo_runs_every_stage_and_distillation_helps(tmp_path):
     assert rows["student, distilled"]["accuracy"] > rows["student, hard labels only"]["accuracy"]
     assert set(result["seconds"]) == {"train teachers", "generate", "train students", "evaluate"}
     assert (out / "transfer" / "_manifest.json").exists() and (out / "logs").is_dir()
-    # A second run replaces the demo's own directory.
-    assert run_cli("demo", "--out", out, "--json", "--teachers", "1", timeout=240).returncode == 0
+
+
+def test_demo_replaces_only_its_own_directory(tmp_path):
+    from transferset.commands.demo import MARKER
+
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / MARKER).write_text("")
+    (own / "stale.txt").write_text("old run")
+    proc = run_cli("demo", "--out", own, "--labelled", "5", "--test", "1795")  # refused after the directory is replaced
+    assert proc.returncode == 2 and "do not fit" in proc.stderr
+    assert not (own / "stale.txt").exists() and (own / MARKER).exists()
 
 
 def test_demo_never_deletes_a_directory_it_did_not_make(tmp_path):

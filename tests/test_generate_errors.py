@@ -115,3 +115,29 @@ def test_kill_9_then_rerun_gives_the_uninterrupted_result(tmp_path):
     b = pl.read_parquet(f"{tmp_path}/clean/*.parquet")
     assert a.height == 4001 and a["id"].n_unique() == 4001
     assert a.sort("id").equals(b.sort("id"))
+
+
+def test_weights_load_safely_and_pickles_need_trust(tmp_path, sources):
+    import torch
+
+    import teacher_models
+
+    trained = teacher_models._mlp(42)
+    plain = tmp_path / "w.pt"
+    torch.save(trained.state_dict(), plain)
+    pickled = tmp_path / "pickled.pt"
+    torch.save(teacher_models.PickledStateDict(trained.state_dict()), pickled)
+    common = ["generate", "--source", sources[0], *BASE]
+
+    run_cli(*common, "--teacher", "teacher_models:tiny_a", "--weights", plain, "--out", tmp_path / "a", check=True)
+    refused = run_cli(*common, "--teacher", "teacher_models:tiny_a", "--weights", pickled, "--out", tmp_path / "b")
+    assert refused.returncode == 2 and "--trust-checkpoint" in refused.stderr and "Traceback" not in refused.stderr
+    assert _no_valid_output(tmp_path / "b")
+    run_cli(*common, "--teacher", "teacher_models:tiny_a", "--weights", pickled, "--trust-checkpoint", "--out", tmp_path / "b", check=True)
+    # Same weights, same targets: the loaded state dict really replaced the factory's own init.
+    a = pl.read_parquet(f"{tmp_path}/a/*.parquet")["logits"].to_list()
+    b = pl.read_parquet(f"{tmp_path}/b/*.parquet")["logits"].to_list()
+    assert a == b
+    init = tmp_path / "init"
+    run_cli(*common, "--teacher", "teacher_models:tiny_a", "--out", init, check=True)
+    assert pl.read_parquet(f"{init}/*.parquet")["logits"].to_list() != a

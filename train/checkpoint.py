@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import re
 from pathlib import Path
@@ -41,6 +42,7 @@ import torch
 from train.metrics import MetricsLog
 from transferset import __version__
 from transferset.errors import UserError
+from transferset.trust import needs_full_unpickling, refusal
 from transferset.manifest import atomic_write_json
 
 if TYPE_CHECKING:
@@ -83,12 +85,21 @@ def list_checkpoints(directory: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load with weights_only=True; a damaged or foreign file is a UserError."""
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu", trust: bool = False) -> dict[str, Any]:
+    """Load with weights_only=True; a damaged or foreign file is a UserError.
+
+    Our checkpoints hold only tensors and plain types, so they never need full
+    unpickling; a file that does (it can run code while loading) is refused
+    unless the user passes --trust-checkpoint.
+    """
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=not trust)
     except FileNotFoundError:
         raise UserError(f"checkpoint {str(path)!r} does not exist; drop --resume or point it at a file in RUN/checkpoints/") from None
+    except pickle.UnpicklingError as error:
+        if not needs_full_unpickling(error):
+            raise UserError(f"{str(path)!r} is not a checkpoint torch can read (damaged or not a torch file); delete or replace it") from None
+        raise UserError(refusal(f"checkpoint {str(path)!r}")) from None
     except Exception as error:  # unpickling errors come in many types
         raise UserError(f"checkpoint {str(path)!r} cannot be read ({type(error).__name__}); delete it to resume from an earlier one") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
@@ -162,7 +173,7 @@ def prepare_run_dir(cfg: "TrainConfig", out: Path, fingerprint: str, identity: d
     state = None
     if cfg.resume not in (None, "latest"):  # an explicit checkpoint file
         path = Path(cfg.resume)
-        state = load_checkpoint(path)
+        state = load_checkpoint(path, trust=cfg.trust_checkpoint)
         if state["fingerprint"] != fingerprint:
             origin = _read_run_config(path.parent.parent / CONFIG)  # RUN/checkpoints/step-N.pt -> RUN/config.json
             changed = ", ".join(_changed_fields(origin, cfg, identity)) if origin else "unknown: its run's config.json is missing"
@@ -171,7 +182,7 @@ def prepare_run_dir(cfg: "TrainConfig", out: Path, fingerprint: str, identity: d
         found = list_checkpoints(out / CHECKPOINTS)
         if cfg.resume == "latest" and not found:
             raise UserError(f"--resume: {out / CHECKPOINTS} has no checkpoint to resume from; drop --resume to start the run")
-        state = load_checkpoint(found[-1]) if found else None
+        state = load_checkpoint(found[-1], trust=cfg.trust_checkpoint) if found else None
         if state is not None and state["fingerprint"] != fingerprint:
             raise UserError(f"--resume: {found[-1]} was written by a different configuration than {out / CONFIG} records; pass --overwrite to start again")
 

@@ -32,7 +32,7 @@ INPUT_FLAGS = ("input_column", "input_shape", "input_scale", "input_mean", "inpu
 # Fields that do not change the trained weights: not part of the fingerprint.
 NOT_FINGERPRINTED = (
     "out", "device", "eval", "eval_label_column", "eval_batch_size",
-    "checkpoint_every", "keep_checkpoints", "resume", "overwrite", "quiet", "json",
+    "checkpoint_every", "keep_checkpoints", "resume", "overwrite", "trust_checkpoint", "verify", "quiet", "json",
 )
 
 
@@ -95,6 +95,10 @@ class TrainConfig:
     resume: str | None = None
     """None, "latest", or a checkpoint path"""
     overwrite: bool = False
+    verify: bool = True
+    """check the transfer set's shard checksums against its manifest before training"""
+    trust_checkpoint: bool = False
+    """allow a --resume checkpoint that needs full unpickling (runs code from the file)"""
     quiet: bool = False
     json: bool = False
 

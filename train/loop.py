@@ -226,9 +226,25 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
 def _open_training_data(cfg: TrainConfig) -> StreamSource:
     if cfg.transfer is not None:
+        if cfg.verify:
+            _verify_transfer_set(cfg.transfer)
         return StreamSource.open_transfer_set(cfg.transfer)
     spec = InputSpec.from_dict(cfg.input)
     return StreamSource.open_labelled(list(cfg.data), spec, cfg.label_column, cfg.num_classes)
+
+
+def _verify_transfer_set(directory: str) -> None:
+    """Refuse shards whose bytes differ from the manifest (one streamed SHA-256 read,
+    ~1 GB/s: small next to an epoch). A damaged shard would otherwise train silently."""
+    from transferset.verify import verify
+
+    _, problems = verify(directory)
+    if problems:
+        listing = "; ".join(f"{p.shard}: {p.problem}" for p in problems)
+        raise UserError(
+            f"transfer set {directory} has {len(problems)} damaged shard(s) ({listing}); "
+            f"run `transferset verify {directory} --drop-bad` and rerun its generate, or restore the files"
+        )
 
 
 def open_eval_data(path: str, input_spec: InputSpec, label_column: str, num_classes: int) -> StreamSource:

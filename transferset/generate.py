@@ -69,6 +69,7 @@ class GenerateConfig:
     writer_index: int = 0
     num_writers: int = 1
     overwrite: bool = False
+    trust_checkpoint: bool = False
     quiet: bool = False
     extra: dict = field(default_factory=dict)
 
@@ -104,7 +105,7 @@ def run_generate(cfg: GenerateConfig) -> Manifest | None:
         return done_already
 
     device = resolve_device(cfg.device)
-    teachers = [teacher_lib.load_teacher(spec, device) for spec in cfg.teachers]
+    teachers = [teacher_lib.load_teacher(spec, device, cfg.trust_checkpoint) for spec in cfg.teachers]
     weights = normalised_weights([t.spec.ensemble_weight or 1.0 for t in teachers] if any(s.ensemble_weight is not None for s in cfg.teachers) else None, len(teachers))
     num_classes = _probe_num_classes(cfg, teachers, sources[0], device)
     labelled = _check_labels(cfg, sources, num_classes)

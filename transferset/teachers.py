@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import pickle
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ import torch
 from transferset.errors import UserError
 from transferset.inputs import load_callable
 from transferset.manifest import file_sha256
+from transferset.trust import needs_full_unpickling, refusal
 
 
 @dataclass(frozen=True)
@@ -64,9 +66,9 @@ def fingerprint(spec: TeacherSpec) -> dict:
     return {"spec_sha256": file_sha256(Path(_existing(spec.spec, "--teacher")))}
 
 
-def load_teacher(spec: TeacherSpec, device: torch.device) -> Teacher:
+def load_teacher(spec: TeacherSpec, device: torch.device, trust_checkpoint: bool = False) -> Teacher:
     if _looks_like_factory(spec.spec):
-        teacher = _load_factory(spec)
+        teacher = _load_factory(spec, trust_checkpoint)
     else:
         path = Path(_existing(spec.spec, "--teacher"))
         if spec.weights:
@@ -121,7 +123,26 @@ def _load_torchscript(path: Path, spec: TeacherSpec) -> Teacher:
     return Teacher(path.stem, "torchscript", file_sha256(path), module, spec)
 
 
-def _load_factory(spec: TeacherSpec) -> Teacher:
+def load_state_dict(path: Path, flag: str, trust: bool) -> object:
+    """torch.load with weights_only=True; full unpickling only with --trust-checkpoint.
+
+    A pickle can run any code while it loads. A plain state dict never needs
+    that, so anything that does is refused unless the user vouches for it.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not trust)
+    except pickle.UnpicklingError as error:
+        if not needs_full_unpickling(error):
+            raise UserError(f"{str(path)!r} is not a checkpoint torch can read (damaged or not a torch file); delete or replace it") from None
+        raise UserError(refusal(f"{flag} {str(path)!r}") + " (better: save model.state_dict() instead)") from None
+    except Exception as error:
+        raise UserError(
+            f"{flag} {str(path)!r} is not a state dict torch can load ({type(error).__name__}); "
+            f"save it with torch.save(model.state_dict(), path)"
+        ) from None
+
+
+def _load_factory(spec: TeacherSpec, trust: bool) -> Teacher:
     factory = load_callable(spec.spec, "--teacher")
     module = factory()
     if not isinstance(module, torch.nn.Module):
@@ -129,13 +150,7 @@ def _load_factory(spec: TeacherSpec) -> Teacher:
     sha = "factory:" + spec.spec
     if spec.weights:
         path = Path(_existing(spec.weights, "--weights"))
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:
-            raise UserError(
-                f"--weights {str(path)!r} is not a state dict that loads with weights_only=True ({type(error).__name__}); "
-                f"save it with torch.save(model.state_dict(), path)"
-            ) from None
+        state = load_state_dict(path, "--weights", trust)
         if not isinstance(state, dict):
             raise UserError(f"--weights {str(path)!r} holds a {type(state).__name__}, not a state dict")
         try:

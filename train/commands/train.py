@@ -10,19 +10,18 @@ from __future__ import annotations
 
 import argparse
 
+from transferset.commands.input_flags import add_input_flags, input_spec_from_flags
+
 HELP = "train a student from a transfer set (no teacher loaded) or from labelled Parquet"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data (one of --transfer / --data)")
     g.add_argument("--transfer", metavar="DIR", help="transfer-set directory made by `transferset generate`")
+    g.add_argument("--no-verify", dest="verify", action="store_false",
+                   help="skip the shard checksum check before training (it reads the set once, ~1 GB/s)")
     g.add_argument("--data", action="append", metavar="PATH", help="labelled Parquet file, directory or glob: hard labels only (repeatable)")
-    g.add_argument("--input-column", action="append", metavar="NAME", help="with --data: input column (default: pixels)")
-    g.add_argument("--input-shape", metavar="D,D,...", help="with --data: per-row input shape, e.g. 1,28,28")
-    g.add_argument("--input-scale", metavar="X", help="with --data: multiply inputs by X first, e.g. 1/255")
-    g.add_argument("--input-mean", metavar="M[,M...]", help="with --data: subtract per channel after scaling")
-    g.add_argument("--input-std", metavar="S[,S...]", help="with --data: divide per channel after the mean")
-    g.add_argument("--transform", metavar="package.module:function", help="with --data: RecordBatch of input columns -> [rows, ...] array")
+    add_input_flags(g, prefix="with --data: ")
     g.add_argument("--label-column", default="label", metavar="NAME", help="with --data: integer label column (default: label)")
     g.add_argument("--num-classes", type=int, metavar="C", help="with --data: number of classes (default: largest label + 1)")
 
@@ -67,6 +66,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--keep-checkpoints", type=int, default=2, metavar="K", help="newest checkpoints kept (default: 2)")
     g.add_argument("--resume", nargs="?", const="latest", metavar="CHECKPOINT",
                    help="continue from the newest checkpoint in --out (or this file); rerunning the same command also resumes")
+    g.add_argument("--trust-checkpoint", action="store_true",
+                   help="allow a --resume checkpoint that needs full unpickling (it can run code from the file: only for files you trust)")
     g.add_argument("--overwrite", action="store_true", help="replace a run in --out made with a different configuration")
     g.add_argument("--json", action="store_true", help="print the last epoch's metrics as one JSON object on stdout")
 
@@ -77,7 +78,6 @@ def run(args: argparse.Namespace) -> int:
     from train.config import TrainConfig
     from train.loop import train
     from train.students import parse_student_args
-    from transferset.inputs import InputSpec, parse_floats, parse_shape
 
     given = {flag: value for flag, value in (
         ("--input-column", args.input_column), ("--input-shape", args.input_shape), ("--input-scale", args.input_scale),
@@ -89,15 +89,7 @@ def run(args: argparse.Namespace) -> int:
 
         raise UserError("--data needs --input-shape (e.g. --input-shape 1,28,28) or a --transform to turn its input columns into tensors")
     if args.data and args.transfer is None:
-        scale = parse_floats(args.input_scale, "--input-scale")
-        input_spec = InputSpec(
-            columns=tuple(args.input_column or ["pixels"]),
-            shape=parse_shape(args.input_shape),
-            scale=scale[0] if scale else 1.0,
-            mean=parse_floats(args.input_mean, "--input-mean"),
-            std=parse_floats(args.input_std, "--input-std"),
-            transform=args.transform,
-        ).to_dict()
+        input_spec = input_spec_from_flags(args).to_dict()
     elif given:
         input_spec = given  # with --transfer: refused by validate(), naming these flags
     cfg = TrainConfig(
@@ -134,6 +126,8 @@ def run(args: argparse.Namespace) -> int:
         keep_checkpoints=args.keep_checkpoints,
         resume=args.resume,
         overwrite=args.overwrite,
+        trust_checkpoint=args.trust_checkpoint,
+        verify=args.verify,
         quiet=args.quiet,
         json=args.json,
     )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from transferset.commands.input_flags import add_input_flags, input_spec_from_flags
+
 HELP = "run a teacher ensemble over Parquet sources and write a transfer set"
 
 
@@ -38,16 +40,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--teacher-weight", action=_TeacherAction, dest="teachers", metavar="W",
                    help="ensemble weight of the --teacher just before it (default: equal weights)")
 
+    g.add_argument("--trust-checkpoint", action="store_true",
+                   help="allow --weights files that need full unpickling (it can run code from the file: only for files you trust)")
+
     g = p.add_argument_group("sources")
     g.add_argument("--source", action="append", required=True, metavar="PATH",
                    help="Parquet file, directory or glob (repeatable; labelled and unlabelled)")
-    g.add_argument("--input-column", action="append", metavar="NAME", help="input column (default: pixels)")
-    g.add_argument("--input-shape", metavar="D,D,...", help="per-row input shape, e.g. 1,28,28")
-    g.add_argument("--input-scale", metavar="X", help="multiply inputs by X first, e.g. 1/255")
-    g.add_argument("--input-mean", metavar="M[,M...]", help="subtract per channel after scaling")
-    g.add_argument("--input-std", metavar="S[,S...]", help="divide per channel after the mean")
-    g.add_argument("--transform", metavar="package.module:function",
-                   help="turn a pyarrow.RecordBatch of the input columns into a [rows, ...] array (for non-array inputs)")
+    add_input_flags(g)
     g.add_argument("--label-column", default="label", help="integer label column; null or absent = unlabelled (default: label)")
     g.add_argument("--id-column", help="stable row id column (default: derived from the source's content hash and row)")
 
@@ -74,18 +73,9 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from transferset.generate import GenerateConfig, run_generate
-    from transferset.inputs import InputSpec, parse_floats, parse_shape
     from transferset.teachers import TeacherSpec
 
-    scale = parse_floats(args.input_scale, "--input-scale")
-    spec = InputSpec(
-        columns=tuple(args.input_column or ["pixels"]),
-        shape=parse_shape(args.input_shape),
-        scale=scale[0] if scale else 1.0,
-        mean=parse_floats(args.input_mean, "--input-mean"),
-        std=parse_floats(args.input_std, "--input-std"),
-        transform=args.transform,
-    )
+    spec = input_spec_from_flags(args)
     cfg = GenerateConfig(
         teachers=[TeacherSpec(t["spec"], t.get("weights"), t.get("ensemble_weight")) for t in args.teachers],
         sources=args.source,
@@ -106,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
         writer_index=args.writer_index,
         num_writers=args.num_writers,
         overwrite=args.overwrite,
+        trust_checkpoint=args.trust_checkpoint,
         quiet=args.quiet,
     )
     run_generate(cfg)
