@@ -403,3 +403,20 @@ def test_config_defaults_agree_with_optim():
     for name in OPTIMIZERS:
         cfg = TrainConfig(optimizer=name)
         assert (cfg.resolved_lr, cfg.resolved_weight_decay) == (DEFAULT_LR[name], DEFAULT_WEIGHT_DECAY[name])
+
+
+def test_exporting_the_same_weights_twice_gives_the_same_bytes(tmp_path, monkeypatch):
+    """A teacher's sha256 is part of a transfer set's configuration: re-exporting an
+    unchanged student must not change it (torch.export names the archive's folder
+    after the file's stem, so the temp file must carry the final name)."""
+    import torch
+
+    from train.export import export_program
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    first = export_program(model, torch.zeros(2, 1, 2, 2), a).read_bytes()
+    monkeypatch.setattr("os.getpid", lambda: 424242)  # a later process exporting the same weights
+    assert export_program(model, torch.zeros(2, 1, 2, 2), b).read_bytes() == first
+    assert [p.name for p in a.iterdir()] == ["student.pt2"]

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -50,9 +52,15 @@ def export_program(model: torch.nn.Module, example: torch.Tensor, out: Path) -> 
             f"make the student's forward exportable (no data-dependent Python control flow)"
         ) from None
     path = out / PROGRAM
-    tmp = out / f".tmp-{os.getpid()}-{PROGRAM}"  # torch.export.save wants the .pt2 suffix
-    torch.export.save(program, tmp)
-    os.replace(tmp, path)
+    # torch.export.save names the archive's inner folder after the file's stem, so
+    # the temp file keeps the final name (inside a temp folder): re-exporting the
+    # same weights then gives the same bytes, and the same sha256 as a teacher.
+    scratch = Path(tempfile.mkdtemp(prefix=f".export-{os.getpid()}-", dir=out))
+    try:
+        torch.export.save(program, scratch / PROGRAM)
+        os.replace(scratch / PROGRAM, path)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     return path
 
 

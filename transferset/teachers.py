@@ -94,6 +94,13 @@ def _existing(path: str | None, flag: str) -> str:
     return path
 
 
+def _file_teacher_name(path: Path) -> str:
+    """The file's stem, or its folder's name when the stem says nothing
+    (every `transferset train` run exports `RUN/student.pt2`)."""
+    generic = {"student", "model", "teacher", "program", "module"}
+    return f"{path.resolve().parent.name}" if path.stem in generic else path.stem
+
+
 def _load_exported(path: Path, spec: TeacherSpec) -> Teacher:
     not_exported = f"teacher {str(path)!r} is not a torch.export program"
     if not zipfile.is_zipfile(path):  # a .pt2 is a zip archive; anything else fails below, noisily
@@ -107,7 +114,7 @@ def _load_exported(path: Path, spec: TeacherSpec) -> Teacher:
         raise UserError(f"{not_exported} ({type(error).__name__}); export it with torch.export.save, or use TorchScript or a factory") from None
     finally:
         export_log.setLevel(level)
-    return Teacher(path.stem, "torch.export", file_sha256(path), program.module(), spec)
+    return Teacher(_file_teacher_name(path), "torch.export", file_sha256(path), program.module(), spec)
 
 
 def _load_torchscript(path: Path, spec: TeacherSpec) -> Teacher:
@@ -120,7 +127,7 @@ def _load_torchscript(path: Path, spec: TeacherSpec) -> Teacher:
             f"teacher {str(path)!r} is not a model transferset can load ({type(error).__name__}); "
             f"give a torch.export .pt2, a TorchScript archive, or package.module:function with --weights"
         ) from None
-    return Teacher(path.stem, "torchscript", file_sha256(path), module, spec)
+    return Teacher(_file_teacher_name(path), "torchscript", file_sha256(path), module, spec)
 
 
 def load_state_dict(path: Path, flag: str, trust: bool) -> object:

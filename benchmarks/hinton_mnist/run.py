@@ -129,7 +129,8 @@ def plan(p: Protocol, work: Path, mnist: Path, seeds: list[int], device: str) ->
     def convert(name: str, split: str, rows: str, *extra: str) -> None:
         images, labels = (str(mnist / f) for f in IDX[split])
         tasks.append(Task(f"convert-{name}", ["convert", "--images", images, "--labels", labels, "--rows", rows, *extra,
-                                              "--out", str(data / f"{name}.parquet"), "--overwrite", *q], "convert"))
+                                              "--out", str(data / f"{name}.parquet"), "--overwrite", *q], "convert",
+                          output_path=data / f"{name}.parquet"))
 
     convert("train", "train", p.train_rows)
     convert("val", "train", p.val_rows)
@@ -148,7 +149,7 @@ def plan(p: Protocol, work: Path, mnist: Path, seeds: list[int], device: str) ->
             "--student-arg", f"input_dropout={p.teacher_input_dropout}", "--jitter", str(p.teacher_jitter),
             "--lr", str(p.teacher_lr), "--epochs", str(p.teacher_epochs), "--batch-size", str(p.batch_size),
             "--seed", str(100 + k), *monitor, "--out", str(run_dir), *dev, *q, "--json"],
-            "train teachers", ("convert-train", "convert-val"), json_stdout=True))
+            "train teachers", ("convert-train", "convert-val"), output_path=run_dir / "student.pt2"))
         teacher_pt2 += ["--teacher", str(run_dir / "student.pt2")]
     teachers = tuple(f"teacher-{k}" for k in range(p.teachers))
 
@@ -157,7 +158,8 @@ def plan(p: Protocol, work: Path, mnist: Path, seeds: list[int], device: str) ->
         tasks.append(Task(f"generate-{name}", [
             "generate", *teacher_pt2, "--source", str(data / f"{source}.parquet"), *INPUTS,
             "--combine", combine, "--temperature", f"{temperature:g}", "--keep-teacher-logits", *extra,
-            "--out", str(transfer / name), *dev, *q], "generate", (*teachers, f"convert-{source}")))
+            "--out", str(transfer / name), *dev, *q], "generate", (*teachers, f"convert-{source}"),
+            output_path=transfer / name / "_manifest.json"))
 
     generate("geo", "train", "geometric", p.temperature)
     generate("arith", "train", "arithmetic", p.temperature)
@@ -186,7 +188,7 @@ def plan(p: Protocol, work: Path, mnist: Path, seeds: list[int], device: str) ->
                 a = p.soft_hard_alpha if alpha == "soft_hard" else alpha
                 argv = ["train", "--transfer", str(transfer / source), "--alpha", f"{a:g}", "--lr", str(p.distill_lr), *common]
                 needs = (f"generate-{source}", "convert-val")
-            tasks.append(Task(f"s{seed}-{name}", argv, "train students", needs, json_stdout=True))
+            tasks.append(Task(f"s{seed}-{name}", argv, "train students", needs, output_path=run_dir / "student.pt2"))
             tasks.append(Task(f"eval-s{seed}-{name}", ["eval", str(run_dir), "--data", test, *dev, *q, "--json"],
                               "evaluate", (f"s{seed}-{name}", "convert-test"), json_stdout=True))
         # The class-3 bias, chosen on validation rows only.
@@ -237,7 +239,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, help="OMP/MKL threads per command (default on CPU: cores // jobs)")
     ap.add_argument("--teacher-epochs", type=int, help="override the protocol's teacher epochs")
     ap.add_argument("--student-epochs", type=int, help="override the protocol's student epochs")
-    ap.add_argument("--resume", action="store_true", help="continue in a --work that already holds a run (the CLI resumes what finished)")
+    ap.add_argument("--resume", action="store_true",
+                    help="continue in a --work that already holds a run: finished sources, runs and transfer sets are kept, "
+                         "unfinished training resumes from its checkpoints, evaluations rerun")
     args = ap.parse_args(argv)
 
     p = PROTOCOLS[args.protocol]
@@ -258,11 +262,15 @@ def main(argv: list[str] | None = None) -> int:
     jobs = args.jobs or (min(2, cores) if cpu else 1)
     threads = args.threads or (max(1, cores // jobs) if cpu else None)
 
-    runner = Runner(work, jobs=jobs, threads=threads)
+    runner = Runner(work, jobs=jobs, threads=threads, resume=args.resume)
     print(f"hinton-mnist: protocol {args.protocol}, seeds {seeds}, {jobs} job(s) x {threads or 'default'} thread(s), work {work}", file=sys.stderr)
-    runner.run(plan(p, work, args.mnist.resolve(), seeds, args.device))
-    follow_up, chosen = test_bias_tasks(runner, p, work, seeds, args.device)
-    runner.run(follow_up)
+    try:
+        runner.run(plan(p, work, args.mnist.resolve(), seeds, args.device))
+        follow_up, chosen = test_bias_tasks(runner, p, work, seeds, args.device)
+        runner.run(follow_up)
+    except RuntimeError as error:  # a command failed: its line, the command and its log
+        print(f"hinton-mnist: {error}", file=sys.stderr)
+        return 1
 
     settings = {"protocol": args.protocol, **asdict(p), "seeds": seeds, "device": args.device, "jobs": jobs, "threads": threads,
                 "teacher_seeds": [100 + k for k in range(p.teachers)], "omitted_class": OMITTED_CLASS, "paper_bias": PAPER_BIAS}

@@ -5,7 +5,8 @@ A `Task` is one `transferset ...` command plus the names of the tasks it needs.
 time, in list order (so put the critical path first), and records for each:
 the exact command (appended to `<work>/commands.txt` when it starts), its wall
 time, its log (stdout + stderr in `<work>/logs/`), and its stdout parsed as JSON
-when the task asks for it. The first failure stops the schedule (running tasks
+when the task asks for it. With `resume`, a task whose `output_path` exists is
+skipped (evaluations have none: they always run, their JSON is the result). The first failure stops the schedule (running tasks
 finish) and raises with the command and its log file.
 
 Every command goes through the `transferset` entry point (or, when it is not on
@@ -38,6 +39,7 @@ class Task:
     stage: str                     # what the timing table groups by
     needs: tuple[str, ...] = ()    # names of tasks that must finish first
     json_stdout: bool = False      # parse stdout as one JSON object
+    output_path: Path | None = None  # exists only once the command has finished (see Runner.resume)
 
 
 @dataclass
@@ -47,6 +49,7 @@ class Done:
     started: float                 # seconds since the runner started
     output: Any = None             # parsed stdout (json_stdout) or None
     log: str = ""
+    skipped: bool = False          # finished by an earlier run (--resume)
 
 
 @dataclass
@@ -55,6 +58,7 @@ class Runner:
     jobs: int = 1
     threads: int | None = None     # OMP/MKL threads per command; None = torch's default
     echo: bool = True
+    resume: bool = False           # skip tasks whose output_path exists (finished by an earlier run)
     done: dict[str, Done] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -106,6 +110,12 @@ class Runner:
 
     def _execute(self, task: Task) -> Done:
         command = "transferset " + shlex.join(task.argv)
+        if self.resume and task.output_path is not None and task.output_path.exists():
+            # Not rerun: rerunning a finished `train` re-exports student.pt2, and the new
+            # file's bytes differ, so `generate` would refuse its finished transfer sets.
+            if self.echo:
+                print(f"[{time.perf_counter() - self.t0:7.1f} s] {task.name}: finished earlier, skipped", file=sys.stderr, flush=True)
+            return Done(task, 0.0, time.perf_counter() - self.t0, None, "", skipped=True)
         with self._lock:
             with open(self.commands, "a") as f:
                 f.write(command + "\n")
@@ -133,9 +143,11 @@ class Runner:
         return self.done[name].output
 
     def timings(self) -> dict[str, Any]:
-        """Per stage: task count, summed task seconds, and wall span (first start to last end)."""
+        """Per stage: commands run, summed command seconds, and wall span (first start to last end)."""
         stages: dict[str, dict[str, Any]] = {}
         for d in self.done.values():
+            if d.skipped:
+                continue
             s = stages.setdefault(d.task.stage, {"tasks": 0, "task_seconds": 0.0, "first_start": d.started, "last_end": 0.0})
             s["tasks"] += 1
             s["task_seconds"] += d.seconds
@@ -146,6 +158,7 @@ class Runner:
             del s["first_start"]
         return {
             "stages": stages,
-            "tasks": {n: {"stage": d.task.stage, "seconds": d.seconds, "started": d.started, "log": d.log} for n, d in self.done.items()},
+            "tasks": {n: {"stage": d.task.stage, "seconds": d.seconds, "started": d.started, "log": d.log, "skipped": d.skipped}
+                      for n, d in self.done.items()},
             "total_wall_seconds": time.perf_counter() - self.t0,
         }

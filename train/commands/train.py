@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from transferset.commands.input_flags import add_input_flags, input_spec_from_flags
+from transferset.commands.flags import add_input_flags, add_threads_flag, apply_threads, input_spec_from_flags
 
 HELP = "train a student from a transfer set (no teacher loaded) or from labelled Parquet"
 
@@ -53,6 +53,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("compute")
     g.add_argument("--device", default="auto", metavar="DEVICE", help="auto, cpu, cuda or cuda:N (default: auto)")
     g.add_argument("--precision", default="fp32", metavar="fp32|bf16|fp16", help="fp32 (default), bf16 (CUDA or CPU) or fp16 (CUDA, with a gradient scaler)")
+    add_threads_flag(g)
     g.add_argument("--workers", type=int, default=0, metavar="N", help="DataLoader worker processes (default 0: on 2 cores workers are slower)")
 
     g = p.add_argument_group("evaluation")
@@ -79,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
     from train.loop import train
     from train.students import parse_student_args
 
+    apply_threads(args.threads)
     given = {flag: value for flag, value in (
         ("--input-column", args.input_column), ("--input-shape", args.input_shape), ("--input-scale", args.input_scale),
         ("--input-mean", args.input_mean), ("--input-std", args.input_std), ("--transform", args.transform),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from transferset.commands.input_flags import add_input_flags, input_spec_from_flags
+from transferset.commands.flags import add_input_flags, add_threads_flag, apply_threads, input_spec_from_flags
 
 HELP = "run a teacher ensemble over Parquet sources and write a transfer set"
 
@@ -62,6 +62,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--overwrite", action="store_true", help="replace an output made with a different configuration")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     g.add_argument("--precision", default="fp32", help="teacher precision: fp32, bf16 or fp16 (CUDA); targets are always combined in float32")
+    add_threads_flag(g)
     g.add_argument("--batch-size", type=int, default=1024)
     g.add_argument("--shard-rows", type=int, default=131072, help="rows per Parquet shard")
     g.add_argument("--row-group-rows", type=int, default=32768, help="rows per Parquet row group")
@@ -75,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
     from transferset.generate import GenerateConfig, run_generate
     from transferset.teachers import TeacherSpec
 
+    apply_threads(args.threads)
     spec = input_spec_from_flags(args)
     cfg = GenerateConfig(
         teachers=[TeacherSpec(t["spec"], t.get("weights"), t.get("ensemble_weight")) for t in args.teachers],

@@ -1,4 +1,4 @@
-"""The input flags shared by `generate` and `train --data` (one definition, one parser).
+"""Flags shared by `generate` and `train`: the input spec and CPU threads (one definition each).
 
 Torch-free at import time, like every command module: InputSpec is imported
 only when the flags are turned into a spec.
@@ -37,3 +37,21 @@ def input_spec_from_flags(args: argparse.Namespace):
         std=parse_floats(args.input_std, "--input-std"),
         transform=args.transform,
     )
+
+
+def add_threads_flag(group) -> None:
+    group.add_argument("--threads", type=int, metavar="N",
+                       help="CPU threads for torch (default: torch's choice; use 1 per process when several share few cores)")
+
+
+def apply_threads(threads: int | None) -> None:
+    """torch.set_num_threads, checked. Oversubscribed cores cost 10-20x on 2 shared cores."""
+    if threads is None:
+        return
+    from transferset.errors import UserError
+
+    if threads <= 0:
+        raise UserError(f"--threads must be a positive number of threads, got {threads}")
+    import torch
+
+    torch.set_num_threads(threads)
