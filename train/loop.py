@@ -22,7 +22,6 @@ This module never imports `transferset.teachers`.
 from __future__ import annotations
 
 import contextlib
-import glob
 import json
 import math
 import random
@@ -42,7 +41,7 @@ from train.export import export_program, save_state_dict
 from train.losses import distillation_loss
 from train.metrics import EpochTable, MetricsLog, evaluate_sources
 from train.optim import build_optimizer, build_scheduler, resolve_warmup
-from train.stream import StreamDataset, StreamSource
+from train.stream import StreamDataset, StreamSource, parquet_files
 from train.students import build_student, jitter_images
 from transferset.devices import resolve_device
 from transferset.errors import UserError
@@ -295,15 +294,9 @@ def _data_identity(cfg: TrainConfig, source: StreamSource) -> dict[str, Any]:
         manifest = read_manifest(cfg.transfer)
         return {"transfer_shards": [s.sha256 for s in manifest.shards]}
     files = []
-    for given in cfg.data:
-        path = Path(given)
-        if path.is_dir():  # as train/stream.py reads a directory: *.parquet below, minus _hidden and .hidden
-            found = sorted(f for f in path.rglob("*.parquet") if not any(p.startswith(("_", ".")) for p in f.relative_to(path).parts))
-        else:
-            found = [path] if path.exists() else sorted(map(Path, glob.glob(given, recursive=True)))
-        for f in found:
-            meta = pq.ParquetFile(f).metadata
-            files.append({"rows": meta.num_rows, "bytes": f.stat().st_size, "schema": str(meta.schema.to_arrow_schema())})
+    for f in parquet_files(list(cfg.data)):  # the same expansion the stream reads
+        meta = pq.ParquetFile(f).metadata
+        files.append({"rows": meta.num_rows, "bytes": Path(f).stat().st_size, "schema": str(meta.schema.to_arrow_schema())})
     return {"data_files": files, "rows": source.num_rows, "labelled": source.num_labelled, "num_classes": source.num_classes}
 
 

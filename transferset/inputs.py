@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import importlib
 import math
-import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
@@ -138,26 +137,23 @@ class InputSpec:
         fixed = self.fixed_column(batch.column(self.columns[0]), where)
         # flatten() honours slice offsets (FixedSizeListArray.values does not).
         values = fixed.flatten().to_numpy(zero_copy_only=False)
-        with warnings.catch_warnings():
-            # Arrow buffers are read-only; the tensor is only ever read (the
-            # float32 cast or the scaling below makes the copy a model sees).
-            warnings.simplefilter("ignore", UserWarning)
-            x = torch.from_numpy(np.ascontiguousarray(values)).view(len(fixed), *self.shape)
-        x = x.to(torch.float32)
-        if not torch.isfinite(x).all():
-            bad = torch.nonzero(~torch.isfinite(x.flatten(1)).all(dim=1)).flatten()[:5].tolist()
+        # One float32 copy that the model owns (Arrow's buffers are read-only);
+        # for uint8 pixels this copy is the int -> float conversion anyway.
+        x = np.array(values, dtype=np.float32).reshape(len(fixed), *self.shape)
+        if np.issubdtype(values.dtype, np.floating) and not np.isfinite(x).all():  # integers are always finite
+            bad = np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(axis=1))[:5].tolist()
             raise UserError(f"{where}: input column {self.columns[0]!r} has NaN/Inf values (rows {bad}); clean the source")
         if self.scale != 1.0:
-            x = x * self.scale
+            x *= np.float32(self.scale)
         if self.mean is not None:
-            x = x - self._per_channel(self.mean)
+            x -= self._per_channel(self.mean)
         if self.std is not None:
-            x = x / self._per_channel(self.std)
-        return x
+            x /= self._per_channel(self.std)
+        return torch.from_numpy(x)
 
-    def _per_channel(self, values: tuple[float, ...]) -> torch.Tensor:
-        t = torch.tensor(values, dtype=torch.float32)
-        return t.view(-1, *([1] * (len(self.shape) - 1))) if len(values) > 1 else t
+    def _per_channel(self, values: tuple[float, ...]) -> np.ndarray:
+        v = np.asarray(values, dtype=np.float32)
+        return v.reshape(-1, *([1] * (len(self.shape) - 1))) if len(values) > 1 else v
 
     def _transformed(self, batch) -> torch.Tensor:
         fn = self._fn or load_callable(self.transform, "--transform")
