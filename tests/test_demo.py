@@ -22,16 +22,17 @@ def test_demo_runs_every_stage_and_distillation_helps(tmp_path):
     assert (out / "transfer" / "_manifest.json").exists() and (out / "logs").is_dir()
 
 
-def test_demo_replaces_only_its_own_directory(tmp_path):
+def test_demo_checks_its_flags_before_touching_its_directory(tmp_path):
     from transferset.commands.demo import MARKER
 
     own = tmp_path / "own"
     own.mkdir()
     (own / MARKER).write_text("")
-    (own / "stale.txt").write_text("old run")
-    proc = run_cli("demo", "--out", own, "--labelled", "5", "--test", "1795")  # refused after the directory is replaced
-    assert proc.returncode == 2 and "do not fit" in proc.stderr
-    assert not (own / "stale.txt").exists() and (own / MARKER).exists()
+    (own / "previous-run.txt").write_text("old run")
+    for flags, message in ((["--labelled", "5", "--test", "1795"], "do not fit"), (["--teachers", "0"], "at least 1 teacher")):
+        proc = run_cli("demo", "--out", own, *flags)
+        assert proc.returncode == 2 and message in proc.stderr
+        assert (own / "previous-run.txt").exists()
 
 
 def test_demo_never_deletes_a_directory_it_did_not_make(tmp_path):

@@ -55,3 +55,19 @@ def test_trainer_refuses_a_damaged_shard_by_name(tmp_path, sources):
     proc = run_cli(*train, "--out", tmp_path / "run")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "part-00003.parquet: checksum mismatch" in proc.stderr and "transferset verify" in proc.stderr
+
+
+def test_a_manifest_cannot_point_verify_or_drop_bad_outside_the_set(tmp_path, sources):
+    import json
+
+    out = tmp_path / "ts"
+    run_cli("generate", "--teacher", "teacher_models:tiny_a", "--source", sources[0], *BASE, "--out", out, check=True)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("not yours")
+    manifest = json.loads((out / "_manifest.json").read_text())
+    manifest["shards"][1]["path"] = "../victim.txt"
+    (out / "_manifest.json").write_text(json.dumps(manifest))
+    (out / "part-00000.parquet").unlink()  # a missing shard too: verify must still check every path
+    proc = run_cli("verify", out, "--drop-bad")
+    assert proc.returncode == 2 and "points outside the transfer set" in proc.stderr
+    assert victim.read_text() == "not yours"

@@ -128,8 +128,11 @@ def write_manifest(directory: Path, provenance: dict[str, Any], records: list[Sh
     return Manifest(directory, provenance, tuple(records))
 
 
-def read_manifest(directory: str | Path) -> Manifest:
-    """Open a complete transfer set, checking everything a reader relies on."""
+def read_manifest(directory: str | Path, require_shards: bool = True) -> Manifest:
+    """Open a complete transfer set, checking everything a reader relies on.
+
+    `require_shards=False` (for `verify`, which reports missing shards itself)
+    skips only the "file exists" check; paths are always kept inside the set."""
     directory = Path(directory)
     if not directory.exists():
         raise UserError(f"transfer set {str(directory)!r} does not exist; run `transferset generate --out {directory}` first")
@@ -166,7 +169,7 @@ def read_manifest(directory: str | Path) -> Manifest:
         # a file outside the set's own directory.
         if root not in target.parents:
             raise UserError(f"{path}: shard path {s.path!r} points outside the transfer set; refusing to read it")
-        if not target.is_file():
+        if require_shards and not target.is_file():
             raise UserError(f"transfer set {str(directory)!r} is missing shard {s.path}; regenerate it or restore the file")
     return Manifest(directory, provenance, shards)
 

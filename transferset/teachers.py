@@ -151,7 +151,14 @@ def load_state_dict(path: Path, flag: str, trust: bool) -> object:
 
 def _load_factory(spec: TeacherSpec, trust: bool) -> Teacher:
     factory = load_callable(spec.spec, "--teacher")
-    module = factory()
+    try:
+        module = factory()
+    except Exception as error:
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise UserError(
+            f"--teacher {spec.spec} failed when called ({type(error).__name__}: {first}); a teacher factory is called "
+            f"with no arguments and returns the nn.Module (wrap yours in a function that fixes its arguments)"
+        ) from None
     if not isinstance(module, torch.nn.Module):
         raise UserError(f"--teacher {spec.spec} returned {type(module).__name__}, not a torch.nn.Module")
     sha = "factory:" + spec.spec

@@ -16,7 +16,6 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from transferset.errors import UserError
 from transferset.manifest import MANIFEST, RECORDS_DIR, Manifest, ShardRecord, file_sha256, read_manifest
 
 
@@ -46,7 +45,7 @@ def check_shard(directory: Path, record: ShardRecord) -> str | None:
 
 
 def verify(directory: str | Path) -> tuple[Manifest, list[ShardProblem]]:
-    manifest = read_manifest_lenient(Path(directory))
+    manifest = read_manifest(Path(directory), require_shards=False)
     problems = []
     for record in manifest.shards:
         problem = check_shard(manifest.directory, record)
@@ -55,26 +54,13 @@ def verify(directory: str | Path) -> tuple[Manifest, list[ShardProblem]]:
     return manifest, problems
 
 
-def read_manifest_lenient(directory: Path) -> Manifest:
-    """read_manifest, but a missing shard is a verification finding, not an error."""
-    try:
-        return read_manifest(directory)
-    except UserError as error:
-        if "is missing shard" not in str(error):
-            raise
-    import json
-
-    from transferset.schema import validate_provenance
-
-    raw = json.loads((directory / MANIFEST).read_text())
-    validate_provenance(raw["provenance"], str(directory / MANIFEST))
-    return Manifest(directory, raw["provenance"], tuple(ShardRecord(**s) for s in raw["shards"]))
-
-
 def drop_bad(manifest: Manifest, problems: list[ShardProblem]) -> None:
     """Delete failed shards, their records and the manifest (generate redoes them)."""
     directory = manifest.directory
+    root = directory.resolve()
     for p in problems:
+        if root not in (directory / p.shard).resolve().parents:  # read_manifest refuses these; never delete outside
+            continue
         (directory / p.shard).unlink(missing_ok=True)
         (directory / RECORDS_DIR / Path(p.shard).with_suffix(".json").name).unlink(missing_ok=True)
     (directory / MANIFEST).unlink(missing_ok=True)

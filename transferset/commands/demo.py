@@ -51,6 +51,13 @@ def run(args: argparse.Namespace) -> int:
     data = Path(args.data)
     if not data.is_file():
         raise UserError(f"demo data {str(data)!r} not found; run from a source checkout or pass --data data/digits.parquet")
+    if args.teachers < 1:
+        raise UserError(f"--teachers {args.teachers}: the ensemble needs at least 1 teacher")
+    n = pq.ParquetFile(data).metadata.num_rows
+    if not 0 < args.labelled < n - args.test or args.test <= 0:
+        raise UserError(f"--labelled {args.labelled} and --test {args.test} do not fit the {n} rows of {data}")
+    if not args.temperature > 0:
+        raise UserError(f"--temperature must be positive, got {args.temperature}")
     out = Path(args.out)
     if out.exists():
         if not (out / MARKER).exists():
@@ -61,12 +68,9 @@ def run(args: argparse.Namespace) -> int:
 
     # -- data: labelled | unlabelled pool | held-out test --------------------------
     table = pq.read_table(data)
-    n = table.num_rows
     # A seeded shuffle: the file is ordered by writer, so contiguous slices would
     # test on writers the models never saw.
     table = table.take(np.random.default_rng(args.seed).permutation(n))
-    if not 0 < args.labelled < n - args.test:
-        raise UserError(f"--labelled {args.labelled} and --test {args.test} do not fit the {n} rows of {data}")
     labelled, pool, test = out / "labelled.parquet", out / "unlabelled.parquet", out / "test.parquet"
     pq.write_table(table.slice(0, args.labelled), labelled)
     pq.write_table(table.slice(args.labelled, n - args.test - args.labelled).drop_columns(["label"]), pool)
@@ -87,7 +91,10 @@ def run(args: argparse.Namespace) -> int:
         log = logs / f"{len(list(logs.iterdir())):02d}-{argv[0]}.log"
         started = time.perf_counter()
         with open(log, "w") as f, contextlib.redirect_stderr(f):
-            code = cli.main(argv + quiet)
+            try:
+                code = cli.main(argv + quiet)
+            except SystemExit as exit:  # argparse refusing a stage's flags
+                code = exit.code
         times[name] = times.get(name, 0.0) + time.perf_counter() - started
         if code != 0:
             raise UserError(f"demo stage {name!r} failed (exit {code}), see {log}: transferset {' '.join(argv)}")

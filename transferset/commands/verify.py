@@ -26,5 +26,5 @@ def run(args: argparse.Namespace) -> int:
     if args.drop_bad:
         drop_bad(manifest, problems)
         say(f"deleted {len(problems)} bad shards; rerun the same `transferset generate` to recompute them", args.quiet)
-    hint = "rerun the same generate to recompute them" if args.drop_bad else "run `transferset verify --drop-bad`, then rerun the same generate"
+    hint = "rerun the same generate to recompute them" if args.drop_bad else f"run `transferset verify {args.directory} --drop-bad`, then rerun the same generate"
     raise UserError(f"{args.directory} failed verification: {len(problems)} of {len(manifest.shards)} shards bad ({listing}); {hint}")
