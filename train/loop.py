@@ -280,8 +280,9 @@ def _example_inputs(source: StreamSource, seed: int) -> torch.Tensor:
     spec = source.input_spec
     if spec.transform is None:
         return torch.zeros(2, *spec.shape)
-    first = next(iter(source.epoch(batch_size=2, seed=seed, epoch=0, shuffle=False))).inputs  # [<=2, ...]
-    return first.float()
+    # Keep the transform's dtype (token ids stay integers): the student's output
+    # check at start-up must see exactly what training will feed it.
+    return next(iter(source.epoch(batch_size=2, seed=seed, epoch=0, shuffle=False))).inputs  # [<=2, ...]
 
 
 def _rows_in_batches(num_rows: int, batch_size: int, start_batch: int) -> int:

@@ -16,6 +16,7 @@ al.'s omitted-3 experiment raises one class's bias at test time).
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any, Iterable
@@ -159,12 +160,22 @@ def parse_class_bias(items: list[str] | None, num_classes: int, class_names: lis
     names = {name: i for i, name in enumerate(class_names or [])}
     for item in items:
         key, sep, value = item.partition("=")
+        key = key.strip()
         try:
             amount = float(value)
-            index = names[key] if key in names else int(key)
         except ValueError:
-            raise UserError(f"--class-bias {item!r} must look like CLASS=VALUE, e.g. 3=3.5") from None
-        if not sep or not 0 <= index < num_classes:
+            amount = None
+        if not sep or amount is None or not math.isfinite(amount):
+            raise UserError(f"--class-bias {item!r} must look like CLASS=VALUE with a finite VALUE, e.g. 3=3.5")
+        if key in names:
+            index = names[key]
+        else:
+            try:
+                index = int(key)
+            except ValueError:
+                known = f"or one of the class names {', '.join(names)}" if names else "(this run has no class names)"
+                raise UserError(f"--class-bias {item!r}: {key!r} is not a class index 0..{num_classes - 1} {known}") from None
+        if not 0 <= index < num_classes:
             raise UserError(f"--class-bias {item!r}: class must be 0..{num_classes - 1}")
         bias[index] += amount
     return bias
@@ -217,10 +228,13 @@ class EpochTable:
 
     def __init__(self, quiet: bool = False, stream=None) -> None:
         self.stream = stream or sys.stderr
+        self.quiet = quiet
         self.rich = not quiet and self.stream.isatty()
         self.header_shown = False
 
     def show(self, record: dict[str, Any]) -> None:
+        if self.quiet:  # --quiet: the metrics still go to metrics.jsonl (and --json)
+            return
         cells = {key: fmt.format(record[key]) for key, _, fmt, _ in EPOCH_COLUMNS if record.get(key) is not None}
         if not self.rich:
             print("  ".join(f"{k}={v}" for k, v in cells.items()), file=self.stream, flush=True)

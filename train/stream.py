@@ -39,6 +39,7 @@ from train import order
 from transferset import schema
 from transferset.errors import UserError
 from transferset.inputs import InputSpec
+from transferset.inspect import mixed_shards_message, shard_mismatch
 from transferset.manifest import read_manifest
 
 # Shuffle window: whole row groups whose rows take at most this many bytes as window
@@ -147,6 +148,9 @@ class StreamSource:
             if pf.metadata.num_rows != record.rows:
                 raise UserError(f"{path} has {pf.metadata.num_rows} rows but manifest.json says {record.rows}; the transfer set is damaged, regenerate it")
             arrow_schema = pf.schema_arrow
+            mismatch = shard_mismatch(provenance, arrow_schema)
+            if mismatch:
+                raise UserError(mixed_shards_message(path, mismatch, directory))
             logits = arrow_schema.field(schema.LOGITS) if schema.LOGITS in arrow_schema.names else None
             if logits is None or not pa.types.is_fixed_size_list(logits.type) or logits.type.list_size != num_classes:
                 raise UserError(f"{path}: column {schema.LOGITS!r} is missing or not {num_classes} values per row; the transfer set is damaged, regenerate it")
@@ -171,7 +175,8 @@ class StreamSource:
             pf = _open(path)
             arrow_schema = pf.schema_arrow
             if label_column not in arrow_schema.names:
-                raise UserError(f"{path} has no label column {label_column!r} (columns: {', '.join(arrow_schema.names)}); fix --label-column")
+                raise UserError(f"{path} has no label column {label_column!r} (columns: {', '.join(arrow_schema.names)}); "
+                                f"point at labelled data, or name its label column (--label-column; --eval-label-column for train --eval)")
             ltype = arrow_schema.field(label_column).type
             if not pa.types.is_integer(ltype):
                 raise UserError(f"{path}: label column {label_column!r} holds {ltype}, not integer class ids; convert it to integers 0..C-1")
@@ -185,7 +190,7 @@ class StreamSource:
                     if lo < 0:
                         raise UserError(f"{path}: label {lo} in column {label_column!r} is negative; class ids must be 0..C-1")
                     if num_classes is not None and hi >= num_classes:
-                        raise UserError(f"{path}: label {hi} in column {label_column!r} is outside [0, {num_classes}); fix the labels or --num-classes")
+                        raise UserError(f"{path}: label {hi} in column {label_column!r} is outside [0, {num_classes}) for {num_classes} classes; fix the labels (or --num-classes when training on --data)")
                     high = hi if high is None else max(high, hi)
         if sum(g.rows for g in row_groups) == 0:
             raise UserError(f"{', '.join(map(str, paths))}: no rows; point at non-empty Parquet files")

@@ -90,6 +90,11 @@ def cnn(
     return nn.Sequential(*layers)
 
 
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def _as_tuple(value) -> tuple[int, ...]:
     return tuple(value) if isinstance(value, (tuple, list)) else (value,)
 
@@ -138,10 +143,17 @@ def build_student(spec: str, student_args: dict[str, Any], num_classes: int, inp
     _check_keywords(factory, spec, student_args)
     try:
         model = factory(num_classes=num_classes, input_shape=tuple(input_shape), **student_args)
+    except UserError:
+        raise
     except (TypeError, ValueError) as error:
-        raise UserError(f"--student {spec} rejected its arguments ({error}); fix --student-arg") from None
+        raise UserError(f"--student {spec} rejected its arguments ({_first_line(error)}); fix --student-arg") from None
+    except Exception as error:  # user code: one line naming the factory, not a traceback
+        raise UserError(
+            f"--student {spec} failed when called ({type(error).__name__}: {_first_line(error)}); "
+            f"fix the factory (it is called as {spec}(num_classes={num_classes}, input_shape={tuple(input_shape)}, **student_args))"
+        ) from None
     if not isinstance(model, nn.Module):
-        raise UserError(f"--student {spec} returned {type(model).__name__}, not a torch.nn.Module")
+        raise UserError(f"--student {spec} returned {type(model).__name__}, not a torch.nn.Module; make the factory return the model")
     check_output_size(model, spec, num_classes, input_shape)
     return model
 
@@ -169,8 +181,13 @@ def check_output_size(model: nn.Module, spec: str, num_classes: int, input_shape
     try:
         with torch.no_grad():
             out = model(torch.zeros(2, *input_shape))
-    except RuntimeError as error:
-        raise UserError(f"--student {spec} fails on inputs of shape {tuple(input_shape)} ({str(error).splitlines()[0]}); check --input-shape and --student-arg") from None
+    except UserError:
+        raise
+    except Exception as error:
+        raise UserError(
+            f"--student {spec} fails on inputs of shape {tuple(input_shape)} ({type(error).__name__}: {_first_line(error)}); "
+            f"check --input-shape and --student-arg"
+        ) from None
     finally:
         model.train(was_training)
     if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != 2:

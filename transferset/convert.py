@@ -252,6 +252,8 @@ def check_labels(labels: np.ndarray, where: str, images_rows: int, images_where:
     """Labels as an in-memory int64 vector of class indices, or a UserError."""
     if labels.ndim != 1:
         raise UserError(f"labels in {where} have shape {labels.shape}; they must be 1-D (one class index per row), e.g. labels.reshape(-1)")
+    if labels.dtype.kind in "USO":  # strings (or objects): class names, not indices
+        raise UserError(f"labels in {where} are strings ({labels.dtype.str}); they must be integer class indices: map each class name to 0..C-1 first")
     if not np.issubdtype(labels.dtype, np.integer):
         kind = labels.dtype.newbyteorder("=").name
         raise UserError(f"labels in {where} are {kind}; they must be integer class indices (cast them, e.g. labels.astype('int64'))")

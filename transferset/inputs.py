@@ -96,21 +96,34 @@ class InputSpec:
         if pa.types.is_fixed_size_list(ftype) and ftype.list_size != self.size:
             raise UserError(
                 f"{where}: input column {self.columns[0]!r} has {ftype.list_size} values per row but "
-                f"--input-shape {','.join(map(str, self.shape))} needs {self.size}; fix --input-shape"
+                f"--input-shape {','.join(map(str, self.shape))} needs {self.size}; fix --input-shape, or use data shaped like the model's inputs"
             )
 
     def stored_fields(self, schema: pa.Schema) -> list[pa.Field]:
-        """The input columns as the transfer set stores them (fixed-size lists)."""
+        """The input columns as the transfer set stores them (fixed-size lists).
+
+        They sit next to the set's own columns, so a reserved name is refused here
+        (generate calls this while checking its sources, before anything is written)."""
+        from transferset.schema import RESERVED_COLUMNS
+
         fields = []
         for name in self.columns:
+            if name in RESERVED_COLUMNS:
+                raise UserError(
+                    f"input column {name!r} clashes with a transfer-set column (reserved: {', '.join(RESERVED_COLUMNS)}); "
+                    f"rename it in the source"
+                )
             f = schema.field(name)
             if self.transform is None and not pa.types.is_fixed_size_list(f.type):
                 f = pa.field(name, pa.list_(pa.field("element", f.type.value_type, nullable=False), self.size), nullable=False)
             fields.append(f)
         return fields
 
-    def fixed_column(self, column: pa.Array | pa.ChunkedArray, where: str) -> pa.FixedSizeListArray:
-        """The input column as one FixedSizeListArray of `size` values per row."""
+    def fixed_column(self, column: pa.Array | pa.ChunkedArray, where: str, first_row: int = 0) -> pa.FixedSizeListArray:
+        """The input column as one FixedSizeListArray of `size` values per row.
+
+        `first_row`: the position of the column's first row in `where`, so that errors
+        name rows as the user counts them (a batch's row 8 may be the file's row 40)."""
         if isinstance(column, pa.ChunkedArray):
             column = column.combine_chunks()
         if pa.types.is_fixed_size_list(column.type):
@@ -123,25 +136,25 @@ class InputSpec:
         bad = np.flatnonzero(lengths != self.size)
         if bad.size:
             raise UserError(
-                f"{where}: input column {self.columns[0]!r} row {int(bad[0])} has {int(lengths[bad[0]])} values but "
-                f"--input-shape {','.join(map(str, self.shape))} needs {self.size}; fix --input-shape"
+                f"{where}: input column {self.columns[0]!r} row {first_row + int(bad[0])} has {int(lengths[bad[0]])} values but "
+                f"--input-shape {','.join(map(str, self.shape))} needs {self.size}; fix --input-shape, or use data shaped like the model's inputs"
             )
         return pa.FixedSizeListArray.from_arrays(column.flatten(), self.size)
 
     # -- the tensor ---------------------------------------------------------
 
-    def to_tensor(self, batch: pa.RecordBatch | pa.Table, where: str = "input") -> torch.Tensor:
+    def to_tensor(self, batch: pa.RecordBatch | pa.Table, where: str = "input", first_row: int = 0) -> torch.Tensor:
         """float32 [B, *shape] (or whatever the transform returns, as float32)."""
         if self.transform is not None:
             return self._transformed(batch)
-        fixed = self.fixed_column(batch.column(self.columns[0]), where)
+        fixed = self.fixed_column(batch.column(self.columns[0]), where, first_row)
         # flatten() honours slice offsets (FixedSizeListArray.values does not).
         values = fixed.flatten().to_numpy(zero_copy_only=False)
         # One float32 copy that the model owns (Arrow's buffers are read-only);
         # for uint8 pixels this copy is the int -> float conversion anyway.
         x = np.array(values, dtype=np.float32).reshape(len(fixed), *self.shape)
         if np.issubdtype(values.dtype, np.floating) and not np.isfinite(x).all():  # integers are always finite
-            bad = np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(axis=1))[:5].tolist()
+            bad = (first_row + np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(axis=1))[:5]).tolist()
             raise UserError(f"{where}: input column {self.columns[0]!r} has NaN/Inf values (rows {bad}); clean the source")
         if self.scale != 1.0:
             x *= np.float32(self.scale)
@@ -158,8 +171,23 @@ class InputSpec:
     def _transformed(self, batch) -> torch.Tensor:
         fn = self._fn or load_callable(self.transform, "--transform")
         object.__setattr__(self, "_fn", fn)
-        out = fn(batch.select(list(self.columns)))
-        x = torch.as_tensor(np.asarray(out) if not isinstance(out, torch.Tensor) else out)
+        # User code: whatever it raises becomes one line naming the transform, not a traceback.
+        try:
+            out = fn(batch.select(list(self.columns)))
+        except UserError:
+            raise
+        except Exception as error:
+            raise UserError(
+                f"--transform {self.transform} failed on a batch of {batch.num_rows} rows ({type(error).__name__}: {_first_line(error)}); "
+                f"fix the transform (try it on pyarrow.parquet.read_table(SOURCE).to_batches()[0])"
+            ) from None
+        try:
+            x = torch.as_tensor(np.asarray(out) if not isinstance(out, torch.Tensor) else out)
+        except (TypeError, ValueError, RuntimeError) as error:
+            raise UserError(
+                f"--transform {self.transform} returned {type(out).__name__} that is not numeric ({_first_line(error)}); "
+                f"return a [rows, ...] NumPy array or torch tensor of numbers"
+            ) from None
         if x.ndim < 1 or x.shape[0] != batch.num_rows:
             raise UserError(f"--transform {self.transform} returned shape {tuple(x.shape)} for {batch.num_rows} rows; it must return [rows, ...]")
         return x.to(torch.float32) if x.is_floating_point() else x
@@ -174,22 +202,39 @@ def load_callable(spec: str, flag: str) -> Callable:
         module = importlib.import_module(module_name)
     except ImportError as error:
         raise UserError(f"{flag} {spec!r}: cannot import {module_name!r} ({error}); is it installed or on PYTHONPATH?") from None
+    except Exception as error:  # the module itself is broken (SyntaxError, an error at import time)
+        raise UserError(f"{flag} {spec!r}: importing {module_name!r} failed ({type(error).__name__}: {_first_line(error)}); fix that module") from None
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise UserError(f"{flag} {spec!r}: {module_name} has no callable {attr!r}")
     return fn
 
 
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def parse_floats(text: str | None, flag: str) -> tuple[float, ...] | None:
+    """Comma-separated numbers or one fraction ("0.5,0.25", "1/255") -> a tuple of floats.
+
+    Finite only: a nan or inf scale, mean or std turns every input into NaN, which
+    would surface much later as a diverged training run."""
     if text is None:
         return None
     try:
         if "/" in text and "," not in text:  # "1/255"
             num, den = text.split("/")
-            return (float(num) / float(den),)
-        return tuple(float(v) for v in text.split(","))
+            values = (float(num) / float(den),)
+        else:
+            values = tuple(float(v) for v in text.split(","))
     except ValueError:
         raise UserError(f"{flag} {text!r} must be numbers separated by commas (or a fraction like 1/255)") from None
+    except ZeroDivisionError:
+        raise UserError(f"{flag} {text!r} divides by zero; give a fraction like 1/255") from None
+    if not all(math.isfinite(v) for v in values):
+        raise UserError(f"{flag} {text!r} must be finite numbers (no nan/inf), like 1/255 or 0.5")
+    return values
 
 
 def parse_shape(text: str | None) -> tuple[int, ...] | None:

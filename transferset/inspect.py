@@ -4,17 +4,73 @@ Everything here is a streaming polars query over the Parquet files (no Python
 objects per row): sizes, label coverage per source, ensemble and per-member
 accuracy against the labels, the soft targets' mean entropy, and how often
 the members agree.
+
+`shard_mismatch` is the check that every shard belongs to the manifest's set
+(the trainer and `verify` use it too, so polars is imported only by `summarize`).
 """
 
 from __future__ import annotations
 
+import json
 import math
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 
-from transferset.manifest import read_manifest
-from transferset.schema import LABEL, LOGITS, SOURCE, TEACHER_LOGITS
+from transferset.errors import UserError
+from transferset.manifest import MANIFEST, Manifest, read_manifest
+from transferset.schema import LABEL, LOGITS, METADATA_KEY, SOURCE, TEACHER_LOGITS
+
+if TYPE_CHECKING:
+    import polars as pl
+
+# Provenance fields a shard must share with its manifest: they say how to decode the
+# shard and which configuration made it. `created` and `versions` are left out: two
+# independent writers that start at once each record their own.
+SHARD_KEYS = ("format", "schema_version", "target_kind", "num_classes", "temperature", "combine", "storage_dtype", "config_fingerprint")
+
+
+def shard_mismatch(manifest_provenance: dict[str, Any], shard_schema: pa.Schema) -> str | None:
+    """Why a shard (its Arrow schema, from the footer) is not part of this set, or None."""
+    raw = (shard_schema.metadata or {}).get(METADATA_KEY)
+    if raw is None:
+        return "has no transferset metadata (it is not a shard of a transfer set)"
+    try:
+        shard = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        shard = None
+    if not isinstance(shard, dict):
+        return "has damaged transferset metadata (not a JSON object)"
+    for key in SHARD_KEYS:
+        if key in manifest_provenance and shard.get(key) != manifest_provenance[key]:
+            return f"has {key} {shard.get(key)!r} but {MANIFEST} has {manifest_provenance[key]!r}"
+    return None
+
+
+def check_shards_match(manifest: Manifest) -> None:
+    """Refuse a set whose shards do not all come from the manifest's configuration
+    (e.g. shards of another schema version copied into the directory). Reads footers only."""
+    for path in manifest.shard_paths():
+        try:
+            shard_schema = pq.read_schema(path)
+        except (pa.ArrowInvalid, OSError) as error:
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise UserError(
+                f"{path} cannot be read as Parquet ({reason}); the transfer set is damaged: "
+                f"run `transferset verify {manifest.directory} --drop-bad` and rerun its generate"
+            ) from None
+        problem = shard_mismatch(manifest.provenance, shard_schema)
+        if problem:
+            raise UserError(mixed_shards_message(path, problem, manifest.directory))
+
+
+def mixed_shards_message(path: str | Path, problem: str, directory: str | Path) -> str:
+    return (
+        f"{path} {problem}: the directory mixes shards of different transfer sets or schema versions; "
+        f"run `transferset verify {directory} --drop-bad` and rerun its generate, or regenerate into an empty --out"
+    )
 
 
 def entropy_expr(temperature: float) -> pl.Expr:
@@ -23,13 +79,18 @@ def entropy_expr(temperature: float) -> pl.Expr:
     H = lse(z) - sum(softmax(z) * z) with z = logits / T; rows are stored
     shifted to max 0, so exp(z) <= 1 and the sums cannot overflow.
     """
+    import polars as pl
+
     z = pl.col(LOGITS).cast(pl.List(pl.Float32)).list.eval(pl.element() / temperature)
     sum_exp = z.list.eval(pl.element().exp()).list.sum()
     return sum_exp.log() - z.list.eval(pl.element().exp() * pl.element()).list.sum() / sum_exp
 
 
 def summarize(directory: str) -> dict[str, Any]:
+    import polars as pl
+
     manifest = read_manifest(directory)
+    check_shards_match(manifest)
     prov = manifest.provenance
     files = [str(p) for p in manifest.shard_paths()]
     frame = pl.scan_parquet(files)
@@ -51,14 +112,21 @@ def summarize(directory: str) -> dict[str, Any]:
             exprs.append((am == pl.col(LOGITS).arr.arg_max()).mean().alias(f"teacher_{i}_agrees_with_ensemble"))
         all_agree = pl.all_horizontal([am == member_argmax[0] for am in member_argmax[1:]]) if k > 1 else pl.lit(True)
         exprs.append(all_agree.mean().alias("members_agree"))
-    totals = frame.select(exprs).collect(engine="streaming").row(0, named=True)
-    per_source = (
-        frame.group_by(SOURCE)
-        .agg(pl.len().alias("rows"), labelled.sum().alias("labelled"))
-        .sort(SOURCE)
-        .collect(engine="streaming")
-        .to_dicts()
-    )
+    try:
+        totals = frame.select(exprs).collect(engine="streaming").row(0, named=True)
+        per_source = (
+            frame.group_by(SOURCE)
+            .agg(pl.len().alias("rows"), labelled.sum().alias("labelled"))
+            .sort(SOURCE)
+            .collect(engine="streaming")
+            .to_dicts()
+        )
+    except pl.exceptions.PolarsError as error:  # a damaged page inside a shard (inspect reads, it does not checksum)
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(
+            f"transfer set {str(directory)!r} has a shard that cannot be read ({reason}); "
+            f"run `transferset verify {directory} --drop-bad` and rerun its generate"
+        ) from None
     size = sum(s.bytes for s in manifest.shards)
     teachers = []
     for i, t in enumerate(prov["teachers"]):

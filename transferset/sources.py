@@ -61,10 +61,11 @@ class ShardPlan:
 
 
 def expand_sources(specs: list[str]) -> list[str]:
-    """Files, directories and globs -> a sorted, de-duplicated list of files."""
+    """Files, directories and globs -> a sorted list of files, each file once (by real path)."""
     if not specs:
         raise UserError("no --source given; pass a Parquet file, a directory of them, or a glob")
     files: list[str] = []
+    seen: set[str] = set()
     for spec in specs:
         if os.path.isdir(spec):
             found = sorted(str(p) for p in Path(spec).rglob("*.parquet") if p.is_file())
@@ -79,7 +80,10 @@ def expand_sources(specs: list[str]) -> list[str]:
         else:
             raise UserError(f"source {spec!r} does not exist; pass a Parquet file, a directory or a glob")
         for f in found:
-            if f not in files:
+            # The same file under two spellings (lab.parquet, ./lab.parquet, a symlink)
+            # would put every row in the set twice, under the same derived ids.
+            if os.path.realpath(f) not in seen:
+                seen.add(os.path.realpath(f))
                 files.append(f)
     return files
 
@@ -126,6 +130,51 @@ def label_stats(source: SourceFile, label_column: str) -> tuple[int, int | None,
         lo = mm["min"].as_py() if lo is None else min(lo, mm["min"].as_py())
         hi = mm["max"].as_py() if hi is None else max(hi, mm["max"].as_py())
     return labelled, lo, hi
+
+
+def check_unique_ids(files: list[str], id_column: str) -> None:
+    """Refuse an --id-column with null or repeated values, within a file or across files.
+
+    A transfer set holds every source row exactly once, and consumers join it back to
+    their data on `id`: a repeated id would silently join two rows to one. Checked
+    before anything is written, on the ids as generate stores them (cast to string).
+    Reads only that column, a row group at a time; holds the ids once (~10 B per row
+    for short ids). Files that are unreadable or lack the column are skipped here:
+    opening the sources reports them with their own message.
+    """
+    per_file: list[tuple[str, pa.ChunkedArray]] = []
+    for path in files:
+        try:
+            f = pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)
+        except (pa.ArrowInvalid, OSError):
+            continue
+        if id_column not in f.schema_arrow.names:
+            continue
+        try:
+            chunks = [batch.column(0).cast(pa.string()) for batch in f.iter_batches(batch_size=1 << 16, columns=[id_column])]
+        except pa.ArrowNotImplementedError as error:  # e.g. a list column has no string form
+            raise UserError(f"source {path!r}: --id-column {id_column!r} cannot be cast to a string id ({error}); use a scalar column") from None
+        ids = pa.chunked_array(chunks, pa.string())
+        if ids.null_count:
+            first = int(pc.index(pc.is_null(ids), True).as_py())
+            raise UserError(f"source {path!r}: --id-column {id_column!r} has {ids.null_count:,} null ids (first: row {first}); "
+                            f"every row needs an id: fill them, or drop --id-column to use derived ids")
+        per_file.append((path, ids))
+    if not per_file:
+        return
+    every = pa.chunked_array([c for _, ids in per_file for c in ids.chunks], pa.string())
+    if pc.count_distinct(every).as_py() == len(every):
+        return
+    counts = pc.value_counts(every)
+    repeated = counts.filter(pc.greater(counts.field("counts"), 1))
+    example, times = repeated[0]["values"].as_py(), repeated[0]["counts"].as_py()
+    holders = [path for path, ids in per_file if pc.any(pc.equal(ids, example)).as_py()]
+    where = f"in {holders[0]!r}" if len(holders) == 1 else f"in {len(holders)} sources ({', '.join(map(repr, holders[:3]))})"
+    raise UserError(
+        f"--id-column {id_column!r} is not unique ({len(repeated):,} repeated ids, e.g. {example!r} {times} times {where}); "
+        f"a transfer set holds every row exactly once and readers join on id: use a column unique across all sources, "
+        f"or drop --id-column to use derived ids (<file hash>:<row>)"
+    )
 
 
 def plan_shards(sources: list[SourceFile], shard_rows: int) -> list[ShardPlan]:

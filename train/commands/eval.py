@@ -46,21 +46,43 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--batch-size must be a positive integer, got {args.batch_size}")
     if not (run_dir / CONFIG).is_file():
         raise UserError(f"{run_dir} is not a training run (no {CONFIG}); point at a directory made by `transferset train --out`")
-    doc = json.loads((run_dir / CONFIG).read_text())
+    try:
+        doc = json.loads((run_dir / CONFIG).read_text())
+        cfg, resolved = doc["config"], doc["resolved"]
+        num_classes = int(resolved["num_classes"])
+        input_shape = tuple(resolved["input_shape"])
+        student_args = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg["student_args"].items()}
+        student, input_dict, label_column = cfg["student"], resolved["input"], resolved["label_column"]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise UserError(
+            f"{run_dir / CONFIG} is damaged (not the JSON `transferset train` writes); "
+            f"rerun the run's `transferset train` command with --overwrite to write it again"
+        ) from None
     if not (run_dir / STATE_DICT).is_file():
         raise UserError(f"{run_dir} has no {STATE_DICT}: its training has not finished; rerun the same `transferset train` to finish it")
-    cfg, resolved = doc["config"], doc["resolved"]
-    num_classes = int(resolved["num_classes"])
-    input_shape = tuple(resolved["input_shape"])
+    bias = parse_class_bias(args.class_bias, num_classes, resolved.get("class_names"))
 
-    student_args = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg["student_args"].items()}
-    model = build_student(cfg["student"], student_args, num_classes, input_shape)
-    model.load_state_dict(torch.load(run_dir / STATE_DICT, map_location="cpu", weights_only=True))
+    model = build_student(student, student_args, num_classes, input_shape)
+    try:
+        state = torch.load(run_dir / STATE_DICT, map_location="cpu", weights_only=True)
+    except Exception as error:  # damaged, truncated, or not a state dict at all
+        raise UserError(
+            f"{run_dir / STATE_DICT} cannot be read ({type(error).__name__}); it is damaged: "
+            f"rerun the same `transferset train` to write it again from the last checkpoint"
+        ) from None
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as error:
+        lines = [line.strip() for line in str(error).strip().splitlines()] or [type(error).__name__]
+        detail = lines[1] if len(lines) > 1 else lines[0]  # torch: "Error(s) in loading ...:" then one line per tensor
+        raise UserError(
+            f"{run_dir / STATE_DICT} does not fit the student {CONFIG} describes ({detail}); "
+            f"one of the two was changed or copied from another run: rerun the run's `transferset train` command"
+        ) from None
     device = resolve_device(args.device)
     model.to(device)
 
-    source = open_eval_data(args.data, InputSpec.from_dict(resolved["input"]), args.label_column or resolved["label_column"], num_classes)
-    bias = parse_class_bias(args.class_bias, num_classes, resolved.get("class_names"))
+    source = open_eval_data(args.data, InputSpec.from_dict(input_dict), args.label_column or label_column, num_classes)
     batches = source.epoch(batch_size=args.batch_size, seed=0, epoch=0, shuffle=False)
     metrics = evaluate(model, batches, num_classes=num_classes, device=device, class_bias=bias, where=args.data)
     result = {

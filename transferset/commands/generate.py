@@ -101,5 +101,12 @@ def run(args: argparse.Namespace) -> int:
         trust_checkpoint=args.trust_checkpoint,
         quiet=args.quiet,
     )
+    if args.id_column:
+        # Before anything is written: repeated or null ids break "every row exactly once"
+        # for consumers joining on id. (Belongs with generate's own source checks.)
+        from transferset.sources import check_unique_ids, expand_sources
+
+        cfg.validate()
+        check_unique_ids(expand_sources(cfg.sources), args.id_column)
     run_generate(cfg)
     return 0

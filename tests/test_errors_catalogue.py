@@ -1,0 +1,622 @@
+"""The bad-input catalogue: every row of docs/errors.md, run through the CLI.
+
+docs/errors.md holds ONE table: an id, the command, the bad input and the stable
+core of the message the user gets (every `backticked` fragment must appear in
+stderr). This file holds, for the same ids, how to produce that input (`cases`).
+`test_doc_and_cases_are_one_list` fails when either side has an id the other
+lacks, so the documentation and the test cannot drift apart.
+
+For every row the command must: exit with code 2, print exactly one line on
+stderr holding the message, show no traceback, and leave nothing half-written
+(no new `_manifest.json` / `part-*.parquet` in a generate output, no new
+`student.pt` / `student.pt2` in a train output, no convert output file).
+
+Most rows run in-process (`cli.main`, fast); SUBPROCESS rows also run in a fresh
+interpreter, as a user runs them. The module also holds the misbehaving student
+factories and transforms the rows name (`test_errors_catalogue:...`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import ROOT, run_cli, write_pixels_source
+
+DOC = ROOT / "docs" / "errors.md"
+COMMANDS = ("convert", "generate", "inspect", "verify", "train", "eval")
+# Rows also run in a fresh interpreter (each costs a torch import, ~2 s).
+SUBPROCESS = ("convert-exclude-every-class", "generate-duplicate-ids", "inspect-manifest-not-json",
+              "train-student-factory-raises", "eval-class-bias-out-of-range")
+
+# Rows whose input is only bad on a machine without CUDA.
+CPU_ONLY = ("generate-device-cuda-missing", "train-precision-fp16-cpu")
+
+# -- misbehaving user code, named by the rows as test_errors_catalogue:NAME ------------
+
+
+def raising_student(num_classes, input_shape, **kwargs):
+    raise RuntimeError("CUDA out of memory (pretend)")
+
+
+def wrong_shape_student(num_classes, input_shape):
+    import torch
+
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(int(np.prod(input_shape)), num_classes + 3))
+
+
+def flat_student(num_classes, input_shape):
+    import torch
+
+    return torch.nn.Sequential(torch.nn.Flatten(0))  # [B, *shape] -> [B * D]: not [B, C]
+
+
+def not_a_module_student(num_classes, input_shape):
+    return {"layers": [800, 800]}
+
+
+def forward_raises_student(num_classes, input_shape):
+    import torch
+
+    class Picky(torch.nn.Module):
+        def forward(self, x):
+            raise ValueError("expected a dict of tensors")
+
+    return Picky()
+
+
+def raising_teacher():
+    raise FileNotFoundError("weights.bin")
+
+
+def wrong_shape_teacher():
+    import torch
+
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10), torch.nn.Unflatten(1, (5, 2)))  # [B, 5, 2]
+
+
+def raising_transform(batch):
+    raise KeyError("no such field")
+
+
+def short_transform(batch):
+    return np.zeros((max(batch.num_rows - 1, 0), 64), np.float32)
+
+
+def string_transform(batch):
+    return np.array([["a"] * 4] * batch.num_rows)
+
+
+# -- fixtures: tiny files, made once -------------------------------------------------------
+
+TEACHER = ["--teacher", "teacher_models:tiny_a"]
+PIXELS = ["--input-column", "pixels", "--input-shape", "1,8,8", "--input-scale", "1/16"]
+
+
+def _main(argv) -> int:
+    import contextlib
+    import io
+
+    import cli
+
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()) as err:
+        code = cli.main([str(a) for a in argv] + ["--quiet"])
+    assert code == 0, err.getvalue()
+    return code
+
+
+def _edit_manifest(directory: Path, edit) -> None:
+    path = directory / "_manifest.json"
+    doc = json.loads(path.read_text())
+    edit(doc)
+    path.write_text(json.dumps(doc))
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _table(path: Path, **columns) -> Path:
+    pq.write_table(pa.table(columns), path)
+    return path
+
+
+def _pixels(n: int, rng, dtype=np.uint8) -> pa.Array:
+    return pa.FixedSizeListArray.from_arrays(pa.array(rng.integers(0, 16, n * 64).astype(dtype)), 64)
+
+
+def make_fixtures(root: Path) -> dict[str, Path]:
+    """Every input file the rows use; a transfer set, a finished run, and damaged copies."""
+    rng = np.random.default_rng(7)
+    f: dict[str, Path] = {}
+    n = 37
+    labels = rng.integers(0, 10, n)
+    f["lab"] = write_pixels_source(root / "lab.parquet", rng.integers(0, 16, (n, 64), dtype=np.uint8), labels.tolist())
+    f["unl"] = write_pixels_source(root / "unl.parquet", rng.integers(0, 16, (23, 64), dtype=np.uint8))
+    f["short"] = write_pixels_source(root / "short.parquet", np.zeros((5, 60), np.uint8), [0, 1, 2, 3, 4], fixed=False)
+    f["str_labels"] = _table(root / "str_labels.parquet", pixels=_pixels(4, rng), label=pa.array(["a", "b", "c", "d"]))
+    f["float_labels"] = _table(root / "float_labels.parquet", pixels=_pixels(4, rng), label=pa.array([0.0, 1.0, 2.5, 3.0]))
+    f["neg_labels"] = _table(root / "neg_labels.parquet", pixels=_pixels(4, rng), label=pa.array([0, -1, 2, 3]))
+    f["big_labels"] = _table(root / "big_labels.parquet", pixels=_pixels(4, rng), label=pa.array([0, 1, 2, 99]))
+    f["null_labels"] = _table(root / "null_labels.parquet", pixels=_pixels(4, rng), label=pa.array([None] * 4, pa.int64()))
+    f["zero_labels"] = _table(root / "zero_labels.parquet", pixels=_pixels(4, rng), label=pa.array([0] * 4))
+    nan_pixels = rng.random((6, 64), dtype=np.float32)
+    nan_pixels[3, 5] = np.nan
+    f["nan_inputs"] = _table(root / "nan_inputs.parquet", pixels=pa.FixedSizeListArray.from_arrays(pa.array(nan_pixels.reshape(-1)), 64),
+                             label=pa.array([0, 1, 2, 3, 4, 5]))
+    f["dup_ids"] = _table(root / "dup_ids.parquet", pixels=_pixels(5, rng), label=pa.array([0, 1, 2, 3, 4]),
+                          uid=pa.array(["a", "b", "c", "b", "e"]))
+    f["reserved"] = _table(root / "reserved.parquet", logits=_pixels(3, rng), label=pa.array([0, 1, 2]))
+    f["empty_file"] = _table(root / "empty_file.parquet", pixels=pa.array([], pa.list_(pa.uint8(), 64)), label=pa.array([], pa.int64()))
+    f["null_ids"] = _table(root / "null_ids.parquet", pixels=_pixels(5, rng), label=pa.array([0, 1, 2, 3, 4]),
+                           uid=pa.array(["a", "b", None, "d", "e"]))
+    f["rows_a"] = _table(root / "rows_a.parquet", pixels=_pixels(5, rng), row=pa.array(np.arange(5)))
+    f["rows_b"] = _table(root / "rows_b.parquet", pixels=_pixels(4, rng), row=pa.array(np.arange(4)))
+    (root / "not_parquet.parquet").write_text("id,pixels\n1,2\n")
+    f["not_parquet"] = root / "not_parquet.parquet"
+    f["empty_dir"] = root / "empty_dir"
+    f["empty_dir"].mkdir()
+    f["not_a_set"] = root / "not_a_set"
+    f["not_a_set"].mkdir()
+    (f["not_a_set"] / "notes.txt").write_text("hello\n")
+    f["existing_out"] = root / "existing_out"
+    f["existing_out"].mkdir()
+    (f["existing_out"] / "keep.txt").write_text("not a transfer set\n")
+    f["a_file"] = root / "a_file.txt"
+    f["a_file"].write_text("x\n")
+
+    # arrays for convert
+    np.save(root / "images.npy", rng.integers(0, 255, (30, 8, 8), dtype=np.uint8))
+    np.save(root / "labels.npy", rng.integers(0, 3, 30))
+    np.save(root / "labels_float.npy", rng.random(30))
+    np.save(root / "labels_str.npy", np.array(["cat"] * 30))
+    np.save(root / "labels_2d.npy", rng.integers(0, 3, (30, 2)))
+    np.save(root / "labels_short.npy", rng.integers(0, 3, 29))
+    np.save(root / "labels_neg.npy", np.r_[rng.integers(0, 3, 29), -4])
+    np.save(root / "images_1d.npy", rng.random(30))
+    np.save(root / "images_str.npy", np.array([["x"] * 4] * 30))
+    images_nan = rng.random((30, 4, 4))
+    images_nan[11, 2, 2] = np.nan
+    np.save(root / "images_nan.npy", images_nan)
+    np.save(root / "images_huge.npy", np.full((30, 4), 1e6))
+    np.save(root / "images_empty.npy", np.zeros((0, 8, 8), np.uint8))
+    (root / "truncated.npy").write_bytes((root / "images.npy").read_bytes()[:500])
+    np.savez(root / "data.npz", x=rng.integers(0, 255, (30, 8, 8), dtype=np.uint8), y=rng.integers(0, 3, 30))
+    (root / "bad-images-idx3-ubyte").write_bytes(b"PK\x03\x04garbage")
+    (root / "images.csv").write_text("1,2,3\n")
+    for name in ("images", "labels", "labels_float", "labels_str", "labels_2d", "labels_short", "labels_neg", "images_1d",
+                 "images_str", "images_nan", "images_huge", "images_empty"):
+        f[name] = root / f"{name}.npy"
+    f["truncated"], f["npz"], f["bad_idx"], f["csv"] = root / "truncated.npy", root / "data.npz", root / "bad-images-idx3-ubyte", root / "images.csv"
+
+    # transfer sets: arithmetic over labelled rows (2 shards), geometric over unlabelled rows
+    f["set"] = root / "set"
+    _main(["generate", *TEACHER, "--source", f["lab"], *PIXELS, "--combine", "arithmetic", "-T", "2", "--shard-rows", "20", "--out", f["set"]])
+    f["set_unl"] = root / "set_unl"
+    _main(["generate", *TEACHER, "--source", f["unl"], *PIXELS, "--out", f["set_unl"]])
+    f["set_7_classes"] = root / "set_7_classes"
+    _main(["generate", "--teacher", "teacher_models:seven_classes", "--source", f["unl"], *PIXELS, "--out", f["set_7_classes"]])
+    f["set_incomplete"] = _copy(f["set"], root / "set_incomplete")
+    (f["set_incomplete"] / "_manifest.json").unlink()
+    f["set_bad_json"] = _copy(f["set"], root / "set_bad_json")
+    (f["set_bad_json"] / "_manifest.json").write_text('{"format": "transferset-manifest", "rows": ')
+    f["set_outside"] = _copy(f["set"], root / "set_outside")
+    _edit_manifest(f["set_outside"], lambda d: d["shards"][0].update(path="../lab.parquet"))
+    f["set_topk"] = _copy(f["set"], root / "set_topk")
+    _edit_manifest(f["set_topk"], lambda d: d["provenance"].update(target_kind="topk"))
+    f["set_v2"] = _copy(f["set"], root / "set_v2")
+    _edit_manifest(f["set_v2"], lambda d: d.update(schema_version=2))
+    f["set_missing_shard"] = _copy(f["set"], root / "set_missing_shard")
+    (f["set_missing_shard"] / "part-00001.parquet").unlink()
+    f["set_flipped"] = _copy(f["set"], root / "set_flipped")
+    shard = f["set_flipped"] / "part-00000.parquet"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 3] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    f["set_mixed"] = _mixed_versions(_copy(f["set"], root / "set_mixed"))
+    f["set_truncated"] = _copy(f["set"], root / "set_truncated")
+    shard = f["set_truncated"] / "part-00000.parquet"
+    shard.write_bytes(shard.read_bytes()[:-100])
+    f["set_damaged_page"] = _damage_page_header(_copy(f["set"], root / "set_damaged_page"), "label")
+
+    # a finished training run (for eval) and damaged copies
+    f["run"] = root / "run"
+    _main(["train", "--data", f["lab"], *PIXELS, "--student-arg", "hidden=8", "--epochs", "1", "--batch-size", "16", "--out", f["run"]])
+    f["run_unfinished"] = _copy(f["run"], root / "run_unfinished")
+    (f["run_unfinished"] / "student.pt").unlink()
+    f["run_bad_config"] = _copy(f["run"], root / "run_bad_config")
+    (f["run_bad_config"] / "config.json").write_text("{not json")
+    f["run_bad_weights"] = _copy(f["run"], root / "run_bad_weights")
+    (f["run_bad_weights"] / "student.pt").write_bytes(b"\x00" * 64)
+    f["run_mismatch"] = _copy(f["run"], root / "run_mismatch")
+    config = json.loads((f["run_mismatch"] / "config.json").read_text())
+    config["config"]["student_args"] = {"hidden": 16}
+    (f["run_mismatch"] / "config.json").write_text(json.dumps(config))
+    f["bad_checkpoint"] = root / "bad_checkpoint.pt"
+    f["bad_checkpoint"].write_bytes(b"not a checkpoint")
+    return f
+
+
+def _damage_page_header(directory: Path, column: str) -> Path:
+    """Flip the first bytes of a column's first page in shard 0: the footer still reads,
+    the page does not (what a bad disk sector does)."""
+    shard = directory / "part-00000.parquet"
+    group = pq.ParquetFile(shard).metadata.row_group(0)
+    chunk = next(group.column(i) for i in range(group.num_columns) if group.column(i).path_in_schema == column)
+    data = bytearray(shard.read_bytes())
+    for k in range(6):
+        data[chunk.data_page_offset + k] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    return directory
+
+
+def _mixed_versions(directory: Path) -> Path:
+    """Rewrite shard 1 with schema_version 2 in its metadata (and a matching record), as if
+    a newer writer had added it to this set: consistent checksums, mixed versions."""
+    from transferset.manifest import file_sha256
+    from transferset.schema import METADATA_KEY
+
+    shard = directory / "part-00001.parquet"
+    table = pq.read_table(shard)
+    provenance = json.loads(table.schema.metadata[METADATA_KEY])
+    provenance["schema_version"] = 2
+    pq.write_table(table.replace_schema_metadata({METADATA_KEY: json.dumps(provenance)}), shard)
+
+    def fix(doc):
+        doc["shards"][1].update(bytes=shard.stat().st_size, sha256=file_sha256(shard))
+
+    _edit_manifest(directory, fix)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def fx(tmp_path_factory):
+    return make_fixtures(tmp_path_factory.mktemp("errors-fixtures"))
+
+
+# -- the rows: id -> argv (f: fixture paths, o: a fresh output path) ---------------------------
+
+
+def cases(f: dict[str, Path], o: Path) -> dict[str, list]:
+    out = ["--out", o]
+    gen = [*TEACHER, "--source", f["lab"], *PIXELS]
+    data = ["train", "--data", f["lab"], *PIXELS, "--epochs", "1", "--student-arg", "hidden=8"]
+    transfer = ["train", "--transfer", f["set"], "--epochs", "1", "--student-arg", "hidden=8"]
+    return {
+        # convert
+        "convert-no-input": ["convert", *out],
+        "convert-images-and-npz": ["convert", "--images", f["images"], "--npz", f["npz"], *out],
+        "convert-images-directory": ["convert", "--images", f["empty_dir"], *out],
+        "convert-labels-npz-without-key": ["convert", "--images", f["images"], "--labels", f["npz"], *out],
+        "convert-images-missing": ["convert", "--images", o.parent / "nope.npy", *out],
+        "convert-unknown-file-type": ["convert", "--images", f["csv"], *out],
+        "convert-not-idx": ["convert", "--images", f["bad_idx"], *out],
+        "convert-truncated-npy": ["convert", "--images", f["truncated"], *out],
+        "convert-images-1d": ["convert", "--images", f["images_1d"], *out],
+        "convert-images-strings": ["convert", "--images", f["images_str"], *out],
+        "convert-images-empty": ["convert", "--images", f["images_empty"], *out],
+        "convert-images-nan": ["convert", "--images", f["images_nan"], *out],
+        "convert-float16-overflow": ["convert", "--images", f["images_huge"], "--dtype", "float16", *out],
+        "convert-labels-float": ["convert", "--images", f["images"], "--labels", f["labels_float"], *out],
+        "convert-labels-strings": ["convert", "--images", f["images"], "--labels", f["labels_str"], *out],
+        "convert-labels-2d": ["convert", "--images", f["images"], "--labels", f["labels_2d"], *out],
+        "convert-labels-count": ["convert", "--images", f["images"], "--labels", f["labels_short"], *out],
+        "convert-labels-negative": ["convert", "--images", f["images"], "--labels", f["labels_neg"], *out],
+        "convert-exclude-every-class": ["convert", "--images", f["images"], "--labels", f["labels"],
+                                        "--exclude-class", "0", "--exclude-class", "1", "--exclude-class", "2", *out],
+        "convert-exclude-without-labels": ["convert", "--images", f["images"], "--exclude-class", "3", *out],
+        "convert-drop-labels-without-labels": ["convert", "--images", f["images"], "--drop-labels", *out],
+        "convert-rows-syntax": ["convert", "--images", f["images"], "--rows", "ten:20", *out],
+        "convert-rows-range": ["convert", "--images", f["images"], "--rows", "10:500", *out],
+        "convert-row-group-rows-zero": ["convert", "--images", f["images"], "--row-group-rows", "0", *out],
+        "convert-row-group-rows-letters": ["convert", "--images", f["images"], "--row-group-rows", "many", *out],
+        "convert-dtype-unknown": ["convert", "--images", f["images"], "--dtype", "int8", *out],
+        "convert-npz-key-missing": ["convert", "--npz", f["npz"], "--images-key", "pixels", *out],
+        "convert-labels-key-without-npz": ["convert", "--images", f["images"], "--labels-key", "y", *out],
+        "convert-columns-clash": ["convert", "--images", f["images"], "--labels", f["labels"], "--label-column", "pixels", *out],
+        "convert-out-exists": ["convert", "--images", f["images"], "--out", f["a_file"]],
+        "convert-out-is-input": ["convert", "--images", f["images"], "--out", f["images"], "--overwrite"],
+        # generate
+        "generate-no-teacher": ["generate", "--source", f["lab"], *PIXELS, *out],
+        "generate-teacher-missing": ["generate", "--teacher", o.parent / "teacher.pt2", "--source", f["lab"], *PIXELS, *out],
+        "generate-teacher-not-a-model": ["generate", "--teacher", f["a_file"], "--source", f["lab"], *PIXELS, *out],
+        "generate-teacher-factory-raises": ["generate", "--teacher", "test_errors_catalogue:raising_teacher", "--source", f["lab"], *PIXELS, *out],
+        "generate-teacher-wrong-shape": ["generate", "--teacher", "test_errors_catalogue:wrong_shape_teacher", "--source", f["lab"], *PIXELS, *out],
+        "generate-teachers-disagree": ["generate", *gen, "--teacher", "teacher_models:seven_classes", *out],
+        "generate-weights-before-teacher": ["generate", "--weights", f["a_file"], *gen, *out],
+        "generate-duplicate-ids": ["generate", *TEACHER, "--source", f["dup_ids"], *PIXELS, "--id-column", "uid", *out],
+        "generate-duplicate-ids-across-sources": ["generate", *TEACHER, "--source", f["rows_a"], "--source", f["rows_b"], *PIXELS,
+                                                  "--id-column", "row", *out],
+        "generate-null-ids": ["generate", *TEACHER, "--source", f["null_ids"], *PIXELS, "--id-column", "uid", *out],
+        "generate-id-column-missing": ["generate", *gen, "--id-column", "uid", *out],
+        "generate-source-empty-dir": ["generate", *TEACHER, "--source", f["empty_dir"], *PIXELS, *out],
+        "generate-source-glob-no-match": ["generate", *TEACHER, "--source", str(o.parent / "*.nothing.parquet"), *PIXELS, *out],
+        "generate-source-not-parquet": ["generate", *TEACHER, "--source", f["not_parquet"], *PIXELS, *out],
+        "generate-source-empty-file": ["generate", *TEACHER, "--source", f["empty_file"], *PIXELS, *out],
+        "generate-labels-strings": ["generate", *TEACHER, "--source", f["str_labels"], *PIXELS, *out],
+        "generate-labels-outside-classes": ["generate", *TEACHER, "--source", f["big_labels"], *PIXELS, *out],
+        "generate-labels-float": ["generate", *TEACHER, "--source", f["float_labels"], *PIXELS, *out],
+        "generate-labels-negative": ["generate", *TEACHER, "--source", f["neg_labels"], *PIXELS, *out],
+        "generate-nan-inputs": ["generate", *TEACHER, "--source", f["nan_inputs"], "--input-shape", "1,8,8", *out],
+        "generate-input-shape-zero": ["generate", *TEACHER, "--source", f["lab"], "--input-shape", "1,0,8", *out],
+        "generate-input-shape-letters": ["generate", *TEACHER, "--source", f["lab"], "--input-shape", "1,h,w", *out],
+        "generate-input-scale-letters": ["generate", *TEACHER, "--source", f["lab"], "--input-shape", "1,8,8", "--input-scale", "a/b", *out],
+        "generate-input-scale-zero-division": ["generate", *TEACHER, "--source", f["lab"], "--input-shape", "1,8,8", "--input-scale", "1/0", *out],
+        "generate-input-mean-count": ["generate", *gen, "--input-mean", "0.1,0.2", *out],
+        "generate-input-std-zero": ["generate", *gen, "--input-std", "0", *out],
+        "generate-input-column-reserved": ["generate", *TEACHER, "--source", f["reserved"], "--input-column", "logits",
+                                           "--input-shape", "1,8,8", *out],
+        "generate-input-column-missing": ["generate", *TEACHER, "--source", f["lab"], "--input-column", "image", "--input-shape", "1,8,8", *out],
+        "generate-input-wrong-size": ["generate", *TEACHER, "--source", f["short"], *PIXELS, *out],
+        "generate-two-input-columns": ["generate", *gen, "--input-column", "label", *out],
+        "generate-transform-raises": ["generate", *TEACHER, "--source", f["lab"], "--input-column", "pixels",
+                                      "--transform", "test_errors_catalogue:raising_transform", *out],
+        "generate-transform-wrong-rows": ["generate", *TEACHER, "--source", f["lab"], "--input-column", "pixels",
+                                          "--transform", "test_errors_catalogue:short_transform", *out],
+        "generate-transform-strings": ["generate", *TEACHER, "--source", f["lab"], "--input-column", "pixels",
+                                       "--transform", "test_errors_catalogue:string_transform", *out],
+        "generate-transform-not-callable": ["generate", *TEACHER, "--source", f["lab"], "--input-column", "pixels",
+                                            "--transform", "numpy:pi", *out],
+        "generate-batch-size-negative": ["generate", *gen, "--batch-size", "-5", *out],
+        "generate-combine-unknown": ["generate", *gen, "--combine", "median", *out],
+        "generate-storage-dtype": ["generate", *gen, "--storage-dtype", "int8", *out],
+        "generate-temperature-nan": ["generate", *gen, "-T", "nan", *out],
+        "generate-shard-rows-zero": ["generate", *gen, "--shard-rows", "0", *out],
+        "generate-writer-index": ["generate", *gen, "--num-writers", "2", "--writer-index", "2", *out],
+        "generate-precision-unknown": ["generate", *gen, "--precision", "fp8", *out],
+        "generate-teacher-weight-negative": ["generate", *TEACHER, "--teacher-weight", "-1", "--source", f["lab"], *PIXELS, *out],
+        "generate-teacher-weight-letters": ["generate", *TEACHER, "--teacher-weight", "heavy", "--source", f["lab"], *PIXELS, *out],
+        "generate-class-names-count": ["generate", *gen, "--class-names", "a,b,c", *out],
+        "generate-device-cuda-missing": ["generate", *gen, "--device", "cuda:3", *out],
+        "generate-device-unknown": ["generate", *gen, "--device", "tpu", *out],
+        "generate-threads-zero": ["generate", *gen, "--threads", "0", *out],
+        "generate-out-not-a-set": ["generate", *gen, "--out", f["existing_out"]],
+        "generate-out-is-a-file": ["generate", *gen, "--out", f["a_file"]],
+        "generate-out-other-config": ["generate", *gen, "-T", "5", "--out", f["set"]],
+        # inspect
+        "inspect-missing": ["inspect", o.parent / "no-such-set"],
+        "inspect-a-file": ["inspect", f["lab"]],
+        "inspect-empty-dir": ["inspect", f["empty_dir"]],
+        "inspect-not-a-set": ["inspect", f["not_a_set"]],
+        "inspect-incomplete": ["inspect", f["set_incomplete"]],
+        "inspect-manifest-not-json": ["inspect", f["set_bad_json"]],
+        "inspect-path-outside": ["inspect", f["set_outside"]],
+        "inspect-target-kind-topk": ["inspect", f["set_topk"]],
+        "inspect-schema-version": ["inspect", f["set_v2"]],
+        "inspect-mixed-schema-versions": ["inspect", f["set_mixed"]],
+        "inspect-missing-shard": ["inspect", f["set_missing_shard"]],
+        "inspect-truncated-shard": ["inspect", f["set_truncated"]],
+        "inspect-damaged-page": ["inspect", f["set_damaged_page"]],
+        # verify
+        "verify-missing": ["verify", o.parent / "no-such-set"],
+        "verify-empty-dir": ["verify", f["empty_dir"]],
+        "verify-not-a-set": ["verify", f["not_a_set"]],
+        "verify-manifest-not-json": ["verify", f["set_bad_json"]],
+        "verify-path-outside": ["verify", f["set_outside"]],
+        "verify-target-kind-topk": ["verify", f["set_topk"]],
+        "verify-flipped-byte": ["verify", f["set_flipped"]],
+        "verify-missing-shard": ["verify", f["set_missing_shard"]],
+        "verify-truncated-shard": ["verify", f["set_truncated"]],
+        "verify-mixed-schema-versions": ["verify", f["set_mixed"]],
+        # train
+        "train-no-data": ["train", *out],
+        "train-transfer-and-data": [*transfer, "--data", f["lab"], *out],
+        "train-data-without-shape": ["train", "--data", f["lab"], *out],
+        "train-input-flags-with-transfer": [*transfer, "--input-shape", "1,8,8", *out],
+        "train-transfer-empty-dir": ["train", "--transfer", f["empty_dir"], *out],
+        "train-transfer-not-a-set": ["train", "--transfer", f["not_a_set"], *out],
+        "train-transfer-is-parquet": ["train", "--transfer", f["lab"], *out],
+        "train-transfer-manifest-not-json": ["train", "--transfer", f["set_bad_json"], *out],
+        "train-transfer-path-outside": ["train", "--transfer", f["set_outside"], *out],
+        "train-transfer-topk": ["train", "--transfer", f["set_topk"], *out],
+        "train-transfer-flipped-byte": ["train", "--transfer", f["set_flipped"], *out],
+        "train-transfer-truncated-no-verify": ["train", "--transfer", f["set_truncated"], "--no-verify", *out],
+        "train-transfer-damaged-page-no-verify": ["train", "--transfer", f["set_damaged_page"], "--no-verify", "--epochs", "1", *out],
+        "train-transfer-mixed-schema-versions": ["train", "--transfer", f["set_mixed"], *out],
+        "train-labels-strings": ["train", "--data", f["str_labels"], *PIXELS, *out],
+        "train-labels-float": ["train", "--data", f["float_labels"], *PIXELS, *out],
+        "train-labels-negative": ["train", "--data", f["neg_labels"], *PIXELS, *out],
+        "train-labels-all-null": ["train", "--data", f["null_labels"], *PIXELS, *out],
+        "train-labels-one-class": ["train", "--data", f["zero_labels"], *PIXELS, *out],
+        "train-num-classes-too-small": [*data, "--num-classes", "3", *out],
+        "train-data-empty-dir": ["train", "--data", f["empty_dir"], *PIXELS, *out],
+        "train-data-not-parquet": ["train", "--data", f["not_parquet"], *PIXELS, *out],
+        "train-label-column-missing": [*data, "--label-column", "digit", *out],
+        "train-nan-inputs": ["train", "--data", f["nan_inputs"], "--input-shape", "1,8,8", *out],
+        "train-input-wrong-size": ["train", "--data", f["short"], "--input-shape", "1,8,8", *out],
+        "train-input-shape-zero": ["train", "--data", f["lab"], "--input-shape", "0,8,8", *out],
+        "train-input-shape-letters": ["train", "--data", f["lab"], "--input-shape", "one,8,8", *out],
+        "train-input-scale-letters": ["train", "--data", f["lab"], "--input-shape", "1,8,8", "--input-scale", "tiny", *out],
+        "train-input-scale-infinite": ["train", "--data", f["lab"], "--input-shape", "1,8,8", "--input-scale", "inf", *out],
+        "train-batch-size-zero": [*data, "--batch-size", "0", *out],
+        "train-batch-size-negative": [*data, "--batch-size", "-128", *out],
+        "train-epochs-zero": [*data, "--epochs", "0", *out],
+        "train-alpha-outside": [*transfer, "--alpha", "1.5", *out],
+        "train-alpha-without-labels": ["train", "--transfer", f["set_unl"], "--alpha", "0.5", *out],
+        "train-mse-on-arithmetic": [*transfer, "--loss", "mse", *out],
+        "train-temperature-on-arithmetic": [*transfer, "-T", "7", *out],
+        "train-soft-flags-with-data": [*data, "--alpha", "0.5", *out],
+        "train-lr-nan": [*data, "--lr", "nan", *out],
+        "train-workers-negative": [*data, "--workers", "-1", *out],
+        "train-warmup-both": [*data, "--warmup-steps", "3", "--warmup-fraction", "0.1", *out],
+        "train-num-classes-with-transfer": [*transfer, "--num-classes", "10", *out],
+        "train-student-module-missing": [*data, "--student", "no_such_pkg.nets:mlp", *out],
+        "train-student-not-a-factory": [*data, "--student", "train.students", *out],
+        "train-student-factory-raises": [*data, "--student", "test_errors_catalogue:raising_student", *out],
+        "train-student-wrong-classes": ["train", "--data", f["lab"], *PIXELS, "--student", "test_errors_catalogue:wrong_shape_student", *out],
+        "train-student-flat-output": ["train", "--data", f["lab"], *PIXELS, "--student", "test_errors_catalogue:flat_student", *out],
+        "train-student-not-a-module": ["train", "--data", f["lab"], *PIXELS, "--student", "test_errors_catalogue:not_a_module_student", *out],
+        "train-student-forward-raises": ["train", "--data", f["lab"], *PIXELS, "--student", "test_errors_catalogue:forward_raises_student", *out],
+        "train-student-arg-unknown": [*data, "--student-arg", "depth=3", *out],
+        "train-student-arg-malformed": [*data, "--student-arg", "hidden", *out],
+        "train-student-arg-trainer-key": [*data, "--student-arg", "num_classes=3", *out],
+        "train-student-arg-bad-value": [*data, "--student-arg", "dropout=lots", *out],
+        "train-cnn-on-flat-inputs": ["train", "--data", f["lab"], "--input-shape", "64", "--student", "train.students:cnn", *out],
+        "train-transform-raises": ["train", "--data", f["lab"], "--transform", "test_errors_catalogue:raising_transform", *out],
+        "train-transform-wrong-rows": ["train", "--data", f["lab"], "--transform", "test_errors_catalogue:short_transform", *out],
+        "train-jitter-flat-inputs": ["train", "--data", f["lab"], "--input-shape", "64", "--jitter", "2", *out],
+        "train-precision-fp16-cpu": [*data, "--precision", "fp16", *out],
+        "train-eval-without-labels": [*data, "--eval", f["unl"], *out],
+        "train-eval-missing": [*data, "--eval", o.parent / "test.parquet", *out],
+        "train-resume-no-checkpoint": [*data, "--resume", *out],
+        "train-resume-missing-file": [*data, "--resume", o.parent / "step-1.pt", *out],
+        "train-resume-not-a-checkpoint": [*data, "--resume", f["bad_checkpoint"], *out],
+        "train-resume-and-overwrite": [*data, "--resume", "--overwrite", *out],
+        "train-out-not-a-run": [*data, "--out", f["existing_out"]],
+        "train-out-is-a-file": [*data, "--out", f["a_file"]],
+        "train-out-other-config": [*data, "--epochs", "2", "--out", f["run"]],
+        # eval
+        "eval-not-a-run": ["eval", f["not_a_set"], "--data", f["lab"]],
+        "eval-unfinished-run": ["eval", f["run_unfinished"], "--data", f["lab"]],
+        "eval-config-not-json": ["eval", f["run_bad_config"], "--data", f["lab"]],
+        "eval-weights-damaged": ["eval", f["run_bad_weights"], "--data", f["lab"]],
+        "eval-weights-do-not-fit": ["eval", f["run_mismatch"], "--data", f["lab"]],
+        "eval-data-missing": ["eval", f["run"], "--data", o.parent / "test.parquet"],
+        "eval-data-without-labels": ["eval", f["run"], "--data", f["unl"]],
+        "eval-labels-outside-classes": ["eval", f["run"], "--data", f["big_labels"], "--label-column", "label"],
+        "eval-input-wrong-size": ["eval", f["run"], "--data", f["short"]],
+        "eval-class-bias-out-of-range": ["eval", f["run"], "--data", f["lab"], "--class-bias", "10=2.5"],
+        "eval-class-bias-malformed": ["eval", f["run"], "--data", f["lab"], "--class-bias", "3:2.5"],
+        "eval-class-bias-unknown-name": ["eval", f["run"], "--data", f["lab"], "--class-bias", "three=2.5"],
+        "eval-transfer-set-other-classes": ["eval", f["run"], "--data", f["set_7_classes"]],
+        "eval-batch-size-zero": ["eval", f["run"], "--data", f["lab"], "--batch-size", "0"],
+    }
+
+
+# -- the doc's table ---------------------------------------------------------------------------
+
+ROW_ID = re.compile(r"^`([a-z0-9][a-z0-9-]*)`$")
+FRAGMENT = re.compile(r"(?<!`)(`+)(?!`)(.+?)(?<!`)\1(?!`)")  # `code` or `` code with ` inside ``
+
+
+@dataclass(frozen=True)
+class Row:
+    id: str
+    command: str
+    bad_input: str
+    fragments: tuple[str, ...]
+
+
+def doc_rows() -> list[Row]:
+    """The catalogue table of docs/errors.md: rows whose first cell is a `backticked-id`."""
+    rows = []
+    for line in DOC.read_text().splitlines():
+        if not line.startswith("| `"):
+            continue
+        cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
+        match = ROW_ID.match(cells[0])
+        assert match and len(cells) == 4, f"malformed catalogue row in {DOC.name}: {line}"
+        fragments = tuple(m.group(2).strip() for m in FRAGMENT.finditer(cells[3]))
+        assert fragments, f"{DOC.name} row {match.group(1)} names no `message fragment`"
+        rows.append(Row(match.group(1), cells[1], cells[2], fragments))
+    return rows
+
+
+ROWS = doc_rows()
+
+
+def test_doc_and_cases_are_one_list():
+    ids = [r.id for r in ROWS]
+    assert len(ids) == len(set(ids)), f"ids repeat in {DOC.name}: {sorted({i for i in ids if ids.count(i) > 1})}"
+    built = cases(_AnyPath(), Path("/o/out"))
+    assert set(ids) == set(built), (
+        f"only in {DOC.name}: {sorted(set(ids) - set(built))}; only in this test's cases(): {sorted(set(built) - set(ids))}"
+    )
+    for row in ROWS:
+        assert row.command == built[row.id][0], f"{row.id}: the doc says {row.command}, the case runs {built[row.id][0]}"
+    per_command = {c: sum(r.command == c for r in ROWS) for c in COMMANDS}
+    assert all(per_command.values()) and len(ROWS) >= 40, per_command
+    assert set(SUBPROCESS) <= set(ids)
+
+
+class _AnyPath(dict):
+    """Stands in for the fixtures when only the ids and commands of cases() are needed."""
+
+    def __missing__(self, key):
+        return Path("/x") / key
+
+
+# -- running a row -----------------------------------------------------------------------------
+
+
+def _out_of(argv: list) -> Path | None:
+    argv = [str(a) for a in argv]
+    return Path(argv[argv.index("--out") + 1]) if "--out" in argv else None
+
+
+def _published(argv: list) -> dict[str, tuple[int, int]]:
+    """What a failed command must neither create nor change: the outputs (and temp
+    files) it publishes. Name -> (mtime_ns, size)."""
+    command, out = str(argv[0]), _out_of(argv)
+    if out is None:
+        return {}
+    if command == "convert":
+        found = [out, *out.parent.glob(f".{out.name}.*")]
+    elif command == "generate":
+        found = [out / "_manifest.json", *out.glob("part-*.parquet"), *out.glob(".part-*")] if out.is_dir() else []
+    elif command == "train":
+        found = [out / "student.pt", out / "student.pt2", *out.glob(".student.pt*")] if out.is_dir() else []
+    else:
+        found = []
+    return {str(p): (p.stat().st_mtime_ns, p.stat().st_size) for p in found if p.is_file()}
+
+
+def _check(row: Row, code, stderr: str, before: dict, after: dict) -> None:
+    lines = stderr.strip().splitlines()
+    assert "Traceback" not in stderr, stderr
+    assert code == 2, f"exit {code}, stderr: {stderr}"
+    assert len(lines) == 1, f"{len(lines)} lines on stderr:\n{stderr}"
+    assert lines[0].startswith(f"transferset {row.command}: error: "), lines[0]
+    missing = [f for f in row.fragments if f not in lines[0]]
+    assert not missing, f"message {lines[0]!r} lacks {missing}"
+    assert after == before, f"the failed command wrote outputs: {sorted(set(after.items()) - set(before.items()))}"
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[r.id for r in ROWS])
+def test_bad_input(row: Row, fx, tmp_path, capsys):
+    import torch
+
+    import cli
+
+    if row.id in CPU_ONLY and torch.cuda.is_available():
+        pytest.skip("the input is valid on a machine with CUDA")
+
+    argv = [str(a) for a in cases(fx, tmp_path / "out")[row.id]] + ["--quiet"]
+    before = _published(argv)
+    capsys.readouterr()
+    try:
+        code = cli.main(argv)
+    except SystemExit as stop:  # argparse errors
+        code = stop.code
+    _check(row, code, capsys.readouterr().err, before, _published(argv))
+
+
+@pytest.mark.parametrize("row_id", SUBPROCESS)
+def test_bad_input_in_a_fresh_process(row_id, fx, tmp_path):
+    """As a user meets it: a new interpreter, no --quiet."""
+    row = next(r for r in ROWS if r.id == row_id)
+    argv = cases(fx, tmp_path / "out")[row.id]
+    before = _published(argv)
+    proc = run_cli(*argv)
+    _check(row, proc.returncode, proc.stderr, before, _published(argv))
+
+
+def test_huge_batch_sizes_are_capped_not_refused(fx, tmp_path, capsys):
+    """A batch larger than the data (even 2^70 rows) is legal: generate reads at most a
+    shard at a time and train takes the whole set as one batch. Documented in errors.md."""
+    import cli
+
+    huge = str(2**70)
+    assert cli.main(["generate", *TEACHER, "--source", str(fx["lab"]), *PIXELS, "--batch-size", huge, "--out", str(tmp_path / "set"), "--quiet"]) == 0
+    assert cli.main(["train", "--transfer", str(tmp_path / "set"), "--student-arg", "hidden=8", "--epochs", "1", "--batch-size", huge,
+                     "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["resolved"]["steps_per_epoch"] == 1
