@@ -18,7 +18,10 @@ A checkpoint is one dict saved by `torch.save`:
 
 Files are `checkpoints/step-00000123.pt`, written to a temporary name in the same
 directory and published with `os.replace`, so a kill at any moment leaves either
-the previous checkpoint or the new one, never half of one.
+the previous checkpoint or the new one, never half of one. A write the file system
+refuses (disk full, read-only, ...) deletes the temporary file and is a one-line
+error naming the checkpoint; once there is space, rerunning resumes from the one
+before (benchmarks/kill_campaign.py and tests/test_disk_full.py check both).
 
 The run directory's rules (`prepare_run_dir`): the same config as the run already
 there resumes from its newest checkpoint (so rerunning a killed command continues
@@ -29,10 +32,10 @@ a checkpoint and on the same config fingerprint.
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import random
 import re
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,7 +46,7 @@ from train.metrics import MetricsLog
 from transferset import __version__
 from transferset.errors import UserError
 from transferset.trust import needs_full_unpickling, refusal
-from transferset.manifest import atomic_write_json
+from transferset.manifest import atomic_write, atomic_write_json, reporting_write_errors
 
 if TYPE_CHECKING:
     from train.config import TrainConfig
@@ -64,16 +67,15 @@ def checkpoint_path(directory: Path, step: int) -> Path:
 def save_checkpoint(directory: Path, state: dict[str, Any], keep: int = 2) -> Path:
     """Atomically write `state` as the checkpoint of `state["position"]["step"]`;
     then delete all but the newest `keep` checkpoints."""
-    directory.mkdir(parents=True, exist_ok=True)
     path = checkpoint_path(directory, state["position"]["step"])
-    tmp = directory / f".{path.name}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        torch.save({"format": FORMAT, "version": VERSION, **state}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    for old in list_checkpoints(directory)[:-keep] if keep > 0 else []:
-        old.unlink(missing_ok=True)
+    with reporting_write_errors(directory):
+        directory.mkdir(parents=True, exist_ok=True)
+    # Through a temp file and a rename; a full disk deletes the temp file and is one
+    # line naming `path` (the older checkpoints stay, so a rerun resumes from them).
+    atomic_write(path, lambda f: torch.save({"format": FORMAT, "version": VERSION, **state}, f))
+    with reporting_write_errors(directory):
+        for old in list_checkpoints(directory)[:-keep] if keep > 0 else []:
+            old.unlink(missing_ok=True)
     return path
 
 
@@ -186,12 +188,18 @@ def prepare_run_dir(cfg: "TrainConfig", out: Path, fingerprint: str, identity: d
         if state is not None and state["fingerprint"] != fingerprint:
             raise UserError(f"--resume: {found[-1]} was written by a different configuration than {out / CONFIG} records; pass --overwrite to start again")
 
-    out.mkdir(parents=True, exist_ok=True)
+    # An unwritable or read-only --out fails here as one line (EACCES/EROFS), not a traceback.
+    with reporting_write_errors(out):
+        out.mkdir(parents=True, exist_ok=True)
+    with reporting_write_errors(out):
+        _remove_temp_files(out)
     log = MetricsLog(out / METRICS)
     if state is None:
-        _remove_run_outputs(out)  # a same-config run without any checkpoint starts from scratch
+        with reporting_write_errors(out):
+            _remove_run_outputs(out)  # a same-config run without any checkpoint starts from scratch
     else:
-        log.keep_until(state["position"]["step"])
+        with reporting_write_errors(out / METRICS):
+            log.keep_until(state["position"]["step"])
     atomic_write_json(
         out / CONFIG,
         {
@@ -219,13 +227,26 @@ def _read_run_config(path: Path, damaged_ok: bool = False) -> dict | None:
         raise UserError(f"{path} is not valid JSON; the run directory is damaged: pass --overwrite to start again") from None
 
 
+def _remove_temp_files(out: Path) -> None:
+    """Temp files of writes a kill or a full disk interrupted (checkpoints, student.pt,
+    student.pt2, config.json, metrics.jsonl). Nothing reads them, but after a full disk
+    they hold the space the rerun needs; one process writes a run directory, so none
+    of them is in use."""
+    for folder in (out, out / CHECKPOINTS):
+        for p in folder.iterdir() if folder.is_dir() else []:
+            if p.is_file() and ((p.name.startswith(".") and ".tmp-" in p.name) or p.name == f"{METRICS}.tmp"):
+                p.unlink()
+
+
 def _remove_run_outputs(out: Path) -> None:
     """Delete what a run writes, and nothing else."""
     for name in (CONFIG, METRICS, "student.pt", "student.pt2"):
         (out / name).unlink(missing_ok=True)
     for leftover in out.glob(".*"):  # temporary files of a killed export / state-dict write
-        if leftover.name.startswith((".student.pt.tmp-", ".tmp-")):
+        if leftover.name.startswith((".student.pt.tmp-", ".student.pt2.tmp-", ".tmp-")):
             leftover.unlink()
+        elif leftover.name.startswith(".export-") and leftover.is_dir():  # export's scratch folder (older versions)
+            shutil.rmtree(leftover, ignore_errors=True)
     folder = out / CHECKPOINTS
     if folder.is_dir():
         for p in folder.iterdir():

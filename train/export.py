@@ -10,25 +10,22 @@ teacher (a distilled student can teach the next one).
 from __future__ import annotations
 
 import copy
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
 from transferset.errors import UserError
+from transferset.manifest import atomic_write
 
 STATE_DICT = "student.pt"
 PROGRAM = "student.pt2"
 
 
 def save_state_dict(model: torch.nn.Module, out: Path) -> Path:
-    """CPU copy of the state dict, written atomically."""
+    """CPU copy of the state dict, written atomically (a full disk: one line, no temp file left)."""
     path = out / STATE_DICT
-    tmp = out / f".{STATE_DICT}.tmp-{os.getpid()}"
-    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
-    os.replace(tmp, path)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    atomic_write(path, lambda f: torch.save(state, f))
     return path
 
 
@@ -52,15 +49,13 @@ def export_program(model: torch.nn.Module, example: torch.Tensor, out: Path) -> 
             f"make the student's forward exportable (no data-dependent Python control flow)"
         ) from None
     path = out / PROGRAM
-    # torch.export.save names the archive's inner folder after the file's stem, so
-    # the temp file keeps the final name (inside a temp folder): re-exporting the
-    # same weights then gives the same bytes, and the same sha256 as a teacher.
-    scratch = Path(tempfile.mkdtemp(prefix=f".export-{os.getpid()}-", dir=out))
-    try:
-        torch.export.save(program, scratch / PROGRAM)
-        os.replace(scratch / PROGRAM, path)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    # Saved into a file object, not a path: given a path, torch's archive writer
+    # aborts the whole process (SIGABRT from a C++ destructor) when the disk fills
+    # up; through a file the failure is an exception that atomic_write turns into
+    # one line. The archive's inner folder is then always named "archive" (from a
+    # path it would be the file's stem), so re-exporting the same weights still
+    # gives the same bytes, and the same sha256 as a teacher.
+    atomic_write(path, lambda f: torch.export.save(program, f))
     return path
 
 

@@ -39,7 +39,7 @@ from transferset.combine import combine, normalised_weights
 from transferset.devices import resolve_device
 from transferset.errors import UserError
 from transferset.inputs import InputSpec
-from transferset.manifest import JOB, MANIFEST, Manifest, atomic_write_json, read_shard_records, shard_name, write_manifest
+from transferset.manifest import JOB, MANIFEST, RECORDS_DIR, Manifest, atomic_write_json, read_shard_records, reporting_write_errors, shard_name, write_manifest
 from transferset.progress import progress, say
 from transferset.schema import COMBINE_METHODS, FORMAT_NAME, SCHEMA_VERSION, STORAGE_DTYPES, target_schema, with_provenance
 from transferset.sources import SourceFile, ShardPlan, expand_sources, label_stats, open_source, plan_shards, read_shard_rows
@@ -123,8 +123,8 @@ def run_generate(cfg: GenerateConfig) -> Manifest | None:
     plans = plan_shards(sources, cfg.shard_rows)
     finished = {i for i, r in read_shard_records(cfg.out).items() if (cfg.out / r.path).is_file()}
     todo = [p for p in plans if p.index % cfg.num_writers == cfg.writer_index and p.index not in finished]
-    for p in todo:  # temp files of shards this writer owns, left by a killed run
-        for stale in cfg.out.glob(f".{shard_name(p.index)}.tmp-*"):
+    for stale in _stale_temp_files(cfg, todo):
+        with reporting_write_errors(stale):  # a read-only --out fails here first on a resume
             stale.unlink()
     if finished and todo and not cfg.quiet:
         say(f"resuming: {len(finished)} of {len(plans)} shards already written", cfg.quiet)
@@ -150,6 +150,21 @@ def run_generate(cfg: GenerateConfig) -> Manifest | None:
     manifest = write_manifest(cfg.out, provenance, [records[p.index] for p in plans])
     say(f"wrote {cfg.out}: {manifest.rows:,} rows, {len(plans)} shards, {rows_todo / max(elapsed, 1e-9):,.0f} rows/s", cfg.quiet)
     return manifest
+
+
+def _stale_temp_files(cfg: GenerateConfig, todo: list[ShardPlan]) -> list[Path]:
+    """Temp files a killed (or refused) write left behind, that no live writer can own:
+    those of the shards (and shard records) this writer is about to redo, and with a
+    single writer also those of `_job.json` / `_manifest.json`. Never read, but on a
+    disk that was full they hold the space the rerun needs."""
+    stale = []
+    for p in todo:
+        stale += cfg.out.glob(f".{shard_name(p.index)}.tmp-*")
+        stale += (cfg.out / RECORDS_DIR).glob(f".{Path(shard_name(p.index)).stem}.json.tmp-*")
+    if cfg.num_writers == 1:  # with several writers, another one may be writing these right now
+        stale += cfg.out.glob(f".{JOB}.tmp-*")
+        stale += cfg.out.glob(f".{MANIFEST}.tmp-*")
+    return stale
 
 
 # -- one shard -----------------------------------------------------------------
@@ -351,13 +366,16 @@ def _prepare_out(cfg: GenerateConfig, fingerprint: str) -> Manifest | None:
                     f"--out {str(out)!r} holds a transfer set made with a different configuration; "
                     f"use another --out, or --overwrite to replace it"
                 )
-            shutil.rmtree(out)
+            with reporting_write_errors(out):
+                shutil.rmtree(out)
         elif (out / MANIFEST).exists():
             from transferset.manifest import read_manifest
 
             say(f"{out} is already complete with this configuration; nothing to do", cfg.quiet)
             return read_manifest(out)
-    out.mkdir(parents=True, exist_ok=True)
+    # An unwritable or read-only --out fails here as one line (EACCES/EROFS), not a traceback.
+    with reporting_write_errors(out):
+        out.mkdir(parents=True, exist_ok=True)
     return None
 
 

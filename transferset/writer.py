@@ -8,8 +8,12 @@ while it compresses and writes).
 
 A shard is written as `.part-00007.parquet.tmp-<pid>`, fsynced, checksummed,
 renamed to `part-00007.parquet`, and only then is its record written. A crash
-at any point leaves either a finished shard with its record, or a temp file the
-next run deletes: never a file that looks finished but is not.
+at any point leaves finished shards (with their records, except perhaps the one
+renamed just before the kill, which the next run redoes) and at most a temp file
+the next run deletes: never a file that looks finished but is not
+(benchmarks/kill_campaign.py kills generate at random points to check this).
+A write the file system refuses (disk full, read-only, ...) deletes the temp
+file and reaches the caller as a one-line UserError naming the shard.
 
 Encoding (measured, see docs/format.md): zstd level 1; float columns without
 dictionary and with BYTE_STREAM_SPLIT; no statistics on the logits columns
@@ -27,7 +31,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from transferset.manifest import ShardRecord, file_sha256, shard_name, write_shard_record
+from transferset.manifest import ShardRecord, file_sha256, shard_name, write_failure, write_shard_record
 from transferset.schema import LABEL, LOGITS, TEACHER_LOGITS
 
 QUEUE_DEPTH = 8  # batches in flight between the teacher loop and the writer
@@ -153,7 +157,11 @@ class ShardWriter:
                     self.records.append(self._publish(current, rows, labelled))
                     current = None
         except BaseException as error:  # handed to the teacher loop, which re-raises it
-            self._error = error
+            # A refused write (disk full, file-size limit, read-only, permissions) becomes
+            # the one-line UserError naming the shard, so the main thread reports that
+            # line instead of an "internal error: OSError" (the temp file goes below).
+            shard = self.directory / shard_name(current.index) if current is not None else self.directory
+            self._error = write_failure(error, shard) or error
         finally:
             if writer is not None:
                 try:
@@ -161,7 +169,10 @@ class ShardWriter:
                 except Exception:
                     pass
             if current is not None:
-                current.tmp.unlink(missing_ok=True)
+                try:
+                    current.tmp.unlink(missing_ok=True)
+                except OSError:
+                    pass  # keep the write error; the next run deletes stale temp files
 
     def _publish(self, shard: _Open, rows: int, labelled: int) -> ShardRecord:
         with open(shard.tmp, "rb+") as f:
