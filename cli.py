@@ -73,24 +73,27 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return int(args._module.run(args) or 0)
-    except UserError as error:
-        if args.debug:
-            raise
-        print(f"transferset {args.command}: error: {error}", file=sys.stderr)
-        return UserError.exit_code
     except KeyboardInterrupt:
         print(f"transferset {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
-    except Exception as error:  # a bug: keep the one-line contract, offer the traceback
+    except Exception as error:
         if args.debug:
             raise
-        print(
-            f"transferset {args.command}: internal error: {type(error).__name__}: {error} "
-            f"(rerun with --debug for the traceback, and please report it)",
-            file=sys.stderr,
-        )
-        return 1
+        if not isinstance(error, UserError):
+            from transferset.manifest import write_failure
 
+            # A disk that is full or read-only is the user's to fix, wherever the write was.
+            refused = write_failure(error, getattr(error, "filename", None) or "the output")
+            if refused is None:  # a bug: keep the one-line contract, offer the traceback
+                print(
+                    f"transferset {args.command}: internal error: {type(error).__name__}: {error} "
+                    f"(rerun with --debug for the traceback, and please report it)",
+                    file=sys.stderr,
+                )
+                return 1
+            error = refused
+        print(f"transferset {args.command}: error: {error}", file=sys.stderr)
+        return UserError.exit_code
 
 if __name__ == "__main__":
     sys.exit(main())

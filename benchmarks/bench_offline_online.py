@@ -123,7 +123,7 @@ def online_arm(spec_path: Path) -> None:
             with torch.inference_mode():
                 members = torch.stack([teacher(x) for teacher in teachers])  # [K, B, C]
                 target = combine(members, spec["combine"], temperature, weights)  # [B, C] float32
-            loss, _ = distillation_loss(model(x), target.clone(), y, alpha=alpha, temperature=temperature)
+            loss, _ = distillation_loss(model(x), target, y, alpha=alpha, temperature=temperature)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -275,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         ("offline train", f"{offline['train_s']:.1f} s", f"{student_rows / offline['train_s']:,.0f} rows/s (epochs alone {offline['epochs_s']:.1f} s)"),
         ("offline total", f"{off_total:.1f} s", f"{student_rows / off_total:,.0f} student rows/s"),
         ("online total", f"{online['total_s']:.1f} s", f"{student_rows / online['total_s']:,.0f} student rows/s ({args.teachers} teachers every batch)"),
-        ("ratio offline / online", f"{ratio:.3f}", f"offline takes {100 * ratio:.0f}% of the online time ({1 / ratio:.2f}x faster)"),
+        ("ratio offline / online", f"{ratio:.3f}", f"offline takes {100 * ratio:.0f}% of the online time (speed-up {1 / ratio:.2f}x)"),
         ("CPU s offline / online", f"{offline['cpu_s']:.0f} / {online['cpu_s']:.0f}", f"ratio {cpu_ratio:.3f} (user + system; steadier than wall time under load)"),
         ("test accuracy", f"{100 * acc_off:.2f} / {100 * acc_on:.2f}", f"offline / online, gap {gap:.2f} points "
                                                                           f"({'within' if gap <= args.tolerance else 'OUTSIDE'} +-{args.tolerance})"),

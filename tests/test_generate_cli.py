@@ -129,3 +129,23 @@ def test_independent_writers_assemble_one_set(tmp_path, sources):
     b = pl.read_parquet(f"{tmp_path}/single/*.parquet").sort("id")
     assert a.equals(b)
     assert read_manifest(tmp_path / "multi").rows == 720
+
+
+def test_zero_teacher_weight_is_zero_and_out_inside_a_source_directory_resumes(tmp_path, sources):
+    lab, _ = sources
+    src = tmp_path / "srcdir"
+    src.mkdir()
+    (src / "lab.parquet").write_bytes(lab.read_bytes())
+    out = src / "ts"  # the transfer set lives inside the directory given as --source
+    args = ["generate", "--teacher", "teacher_models:tiny_a", "--teacher-weight", "0", "--teacher", "teacher_models:tiny_b",
+            "--source", src, *BASE, "--keep-teacher-logits", "--storage-dtype", "float32", "--out", out]
+    run_cli(*args, check=True)
+    again = run_cli(*args)
+    assert again.returncode == 0 and "already complete" in again.stderr  # its own shards are not new sources
+    manifest = read_manifest(out)
+    assert [t["weight"] for t in manifest.provenance["teachers"]] == [0.0, 1.0]
+    assert [s["path"] for s in manifest.provenance["sources"]] == [str(src / "lab.parquet")]
+    table = pl.read_parquet(f"{out}/*.parquet")
+    stored = np.stack(table["logits"].to_numpy())
+    member_b = np.stack(table["teacher_logits"].to_numpy())[:, 1]
+    np.testing.assert_allclose(np_softmax(stored), np_softmax(member_b), rtol=1e-5, atol=1e-7)  # weight 0: only b

@@ -141,3 +141,11 @@ def test_weights_load_safely_and_pickles_need_trust(tmp_path, sources):
     init = tmp_path / "init"
     run_cli(*common, "--teacher", "teacher_models:tiny_a", "--out", init, check=True)
     assert pl.read_parquet(f"{init}/*.parquet")["logits"].to_list() != a
+
+
+def test_identical_sources_would_duplicate_ids_and_are_refused(tmp_path, sources):
+    lab, _ = sources
+    copy = tmp_path / "copy.parquet"
+    copy.write_bytes(lab.read_bytes())
+    proc = run_cli("generate", "--teacher", "teacher_models:tiny_a", "--source", lab, "--source", copy, *BASE, "--out", tmp_path / "o")
+    assert proc.returncode == 2 and "identical content" in proc.stderr and "Traceback" not in proc.stderr

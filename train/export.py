@@ -36,7 +36,7 @@ def export_program(model: torch.nn.Module, example: torch.Tensor, out: Path) -> 
     (a batch of 1 would let export specialise the batch size to 1).
     """
     student = copy.deepcopy(model).to("cpu").eval()
-    example = example[:2].detach().to("cpu", torch.float32)
+    example = example[:2].detach().to("cpu")  # keep the dtype: a --transform may feed token ids
     if example.shape[0] < 2:
         example = example.expand(2, *example.shape[1:]).contiguous()
     batch = torch.export.Dim("batch", min=1)

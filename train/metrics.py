@@ -191,21 +191,30 @@ class MetricsLog:
         self.path = path
 
     def append(self, record: dict[str, Any]) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record, sort_keys=True) + "\n")
-            f.flush()
+        # Rewritten whole and atomically (it is a line per epoch): a full disk or a
+        # kill mid-write leaves the previous log, never half a line.
+        self._write(self.read() + [record])
 
     def read(self) -> list[dict[str, Any]]:
         if not self.path.exists():
             return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        records = []
+        for line in self.path.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                continue  # a torn line from an older, non-atomic writer: that epoch is logged again on resume
+        return records
 
     def keep_until(self, step: int) -> None:
         """Drop records logged after `step` (a resumed run logs them again)."""
-        kept = [r for r in self.read() if r.get("step", 0) <= step]
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
-        tmp.replace(self.path)
+        self._write([r for r in self.read() if r.get("step", 0) <= step])
+
+    def _write(self, records: list[dict[str, Any]]) -> None:
+        from transferset.manifest import atomic_write
+
+        text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
+        atomic_write(self.path, lambda f: f.write(text.encode()))
 
 
 # (record key, table header, format, width): fits an 80-column terminal.

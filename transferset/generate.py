@@ -97,7 +97,12 @@ class GenerateConfig:
 def run_generate(cfg: GenerateConfig) -> Manifest | None:
     """Generate (or resume, or finish) a transfer set. Returns its manifest when complete."""
     cfg.validate()
-    sources = [open_source(path, cfg.label_column) for path in expand_sources(cfg.sources)]
+    # A transfer set written inside a source directory must not become a source of its own rerun.
+    inside_out = lambda path: cfg.out.resolve() in Path(path).resolve().parents  # noqa: E731
+    paths = [path for path in expand_sources(cfg.sources) if not inside_out(path)]
+    if not paths:
+        raise UserError(f"every --source file lies inside --out {str(cfg.out)!r}; give the source data, not the transfer set")
+    sources = [open_source(path, cfg.label_column) for path in paths]
     input_fields = _check_sources(cfg, sources)
     fingerprint = _config_fingerprint(cfg, sources)
     done_already = _prepare_out(cfg, fingerprint)
@@ -106,7 +111,7 @@ def run_generate(cfg: GenerateConfig) -> Manifest | None:
 
     device = resolve_device(cfg.device)
     teachers = [teacher_lib.load_teacher(spec, device, cfg.trust_checkpoint) for spec in cfg.teachers]
-    weights = normalised_weights([t.spec.ensemble_weight or 1.0 for t in teachers] if any(s.ensemble_weight is not None for s in cfg.teachers) else None, len(teachers))
+    weights = normalised_weights(_ensemble_weights(cfg.teachers), len(teachers))
     num_classes = _probe_num_classes(cfg, teachers, sources[0], device)
     labelled = _check_labels(cfg, sources, num_classes)
 
@@ -182,7 +187,7 @@ def _generate_shard(cfg, plan: ShardPlan, source: SourceFile, teachers, weights,
 
     def prepared() -> Iterator[tuple[int, pa.RecordBatch, torch.Tensor]]:
         for first_row, batch in read_shard_rows(source, plan, columns, cfg.batch_size):
-            x = spec.to_tensor(batch, where)
+            x = spec.to_tensor(batch, where, first_row=first_row)
             yield first_row, batch, (x.pin_memory() if pin else x)
 
     writer.open_shard(plan.index)
@@ -218,7 +223,7 @@ def _arrow_batch(cfg, schema: pa.Schema, batch: pa.RecordBatch, first_row: int, 
         arrays["teacher_logits"] = pa.FixedSizeListArray.from_arrays(inner, k)
     for name in cfg.input_spec.columns:
         col = batch.column(name)
-        arrays[name] = cfg.input_spec.fixed_column(col, source.path) if cfg.input_spec.transform is None else col
+        arrays[name] = cfg.input_spec.fixed_column(col, source.path, first_row=first_row) if cfg.input_spec.transform is None else col
     return pa.RecordBatch.from_arrays([arrays[f.name] for f in schema], schema=schema)
 
 
@@ -250,20 +255,25 @@ def _prefetch(iterator: Iterator, depth: int) -> Iterator:
     done = object()
     stop = threading.Event()
 
+    def put(item) -> bool:
+        """Hand over an item unless the consumer has gone (then the thread ends
+        instead of blocking forever with the source file open)."""
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                pass
+        return False
+
     def fill():
         try:
             for item in iterator:
-                while not stop.is_set():
-                    try:
-                        q.put(item, timeout=0.2)
-                        break
-                    except queue.Full:
-                        pass
-                if stop.is_set():
+                if not put(item):
                     return
-            q.put(done)
+            put(done)
         except BaseException as error:
-            q.put(error)
+            put(error)
 
     thread = threading.Thread(target=fill, name="transferset-reader", daemon=True)
     thread.start()
@@ -279,12 +289,28 @@ def _prefetch(iterator: Iterator, depth: int) -> Iterator:
 # -- checks before anything is written ---------------------------------------------
 
 
+def _ensemble_weights(specs) -> list[float] | None:
+    """--teacher-weight per member; members without one weigh 1 (None: all equal)."""
+    if all(s.ensemble_weight is None for s in specs):
+        return None
+    return [1.0 if s.ensemble_weight is None else s.ensemble_weight for s in specs]
+
+
 def _check_sources(cfg: GenerateConfig, sources: list[SourceFile]) -> list[pa.Field]:
     fields = None
+    seen: dict[str, str] = {}
     for s in sources:
+        if not cfg.id_column and s.fingerprint in seen:
+            # Derived ids come from the content hash: two identical files would give every row twice under one id.
+            raise UserError(f"sources {seen[s.fingerprint]!r} and {s.path!r} have identical content; drop one, or give an --id-column")
+        seen[s.fingerprint] = s.path
         cfg.input_spec.check_field(s.schema, f"source {s.path!r}")
         if cfg.id_column and cfg.id_column not in s.schema.names:
             raise UserError(f"source {s.path!r} has no --id-column {cfg.id_column!r}; add it or drop the flag to use derived ids")
+        if cfg.id_column:
+            id_type = s.schema.field(cfg.id_column).type
+            if not (pa.types.is_integer(id_type) or pa.types.is_string(id_type) or pa.types.is_large_string(id_type)):
+                raise UserError(f"source {s.path!r}: --id-column {cfg.id_column!r} is {id_type}; ids must be integers or strings")
         these = cfg.input_spec.stored_fields(s.schema)
         if fields is None:
             fields = these
@@ -341,6 +367,7 @@ def _config_fingerprint(cfg: GenerateConfig, sources: list[SourceFile]) -> str:
         "shard_rows": cfg.shard_rows,
         "row_group_rows": cfg.row_group_rows,
         "precision": cfg.precision,
+        "batch_size": cfg.batch_size,  # batch boundaries change float sums: resumed shards must match
         "num_writers": cfg.num_writers,
         "extra": cfg.extra,
     }

@@ -68,7 +68,12 @@ def expand_sources(specs: list[str]) -> list[str]:
     seen: set[str] = set()
     for spec in specs:
         if os.path.isdir(spec):
-            found = sorted(str(p) for p in Path(spec).rglob("*.parquet") if p.is_file())
+            # Skip _hidden and .hidden entries, as pyarrow.dataset does (and as the trainer's
+            # reader does): a transfer set's _shards/ or a writer's temp files are not sources.
+            found = sorted(
+                str(p) for p in Path(spec).rglob("*.parquet")
+                if p.is_file() and not any(part.startswith(("_", ".")) for part in p.relative_to(spec).parts)
+            )
             if not found:
                 raise UserError(f"source directory {spec!r} holds no .parquet files")
         elif os.path.isfile(spec):
