@@ -40,6 +40,7 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -113,6 +114,7 @@ def online_arm(spec_path: Path) -> None:
     optimizer = build_optimizer(model, "sgd", lr=spec["lr"], momentum=spec["momentum"], weight_decay=0.0)
     scheduler = build_scheduler(optimizer, total_steps=epochs * steps_per_epoch, warmup_steps=0)
     model.train()
+    epoch_seconds = []
     for epoch in range(epochs):
         started = time.perf_counter()
         # The trainer's order for a set that fits one shuffle window: one permutation per (seed, epoch).
@@ -129,8 +131,10 @@ def online_arm(spec_path: Path) -> None:
             optimizer.step()
             scheduler.step()
         seconds = time.perf_counter() - started
+        epoch_seconds.append(seconds)
         print(f"online epoch={epoch + 1}  step={(epoch + 1) * steps_per_epoch}  rows_per_s={n / seconds:,.0f}", file=sys.stderr, flush=True)
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, spec["out"])
+    Path(spec["out"]).with_name("epochs.json").write_text(json.dumps(epoch_seconds))
 
 
 # -- the parent: setup, both arms, accuracy, report --------------------------------------
@@ -205,8 +209,8 @@ def run_offline(args, work: Path, train_pq: Path, teachers: list[Path]) -> dict:
     train_cmd = ["train", "--quiet", "--transfer", str(transfer), *student_flags(args), "--out", str(run)]
     generate_s, generate_cpu, _ = cli(*generate_cmd)
     train_s, train_cpu, _ = cli(*train_cmd)
-    epoch_s = sum(json.loads(line)["seconds"] for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip())
-    return {"generate_s": generate_s, "train_s": train_s, "epochs_s": epoch_s, "cpu_s": generate_cpu + train_cpu, "student": str(run / "student.pt"),
+    epoch_s = [json.loads(line)["seconds"] for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return {"generate_s": generate_s, "train_s": train_s, "epochs_s": sum(epoch_s), "epoch_median_s": statistics.median(epoch_s), "cpu_s": generate_cpu + train_cpu, "student": str(run / "student.pt"),
             "commands": ["transferset " + " ".join(generate_cmd), "transferset " + " ".join(train_cmd)]}
 
 
@@ -219,7 +223,8 @@ def run_online(args, work: Path, train_pq: Path, teachers: list[Path]) -> dict:
             "epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed}
     (out / "spec.json").write_text(json.dumps(spec, indent=1))
     seconds, cpu, _ = timed([sys.executable, str(Path(__file__).resolve()), "--_online_arm", str(out / "spec.json")])
-    return {"total_s": seconds, "cpu_s": cpu, "student": spec["out"]}
+    epoch_s = json.loads((out / "epochs.json").read_text())
+    return {"total_s": seconds, "cpu_s": cpu, "epochs_s": sum(epoch_s), "epoch_median_s": statistics.median(epoch_s), "student": spec["out"]}
 
 
 def test_accuracy(state_dict_path: str, test_pq: Path, device: str) -> float:
@@ -276,6 +281,8 @@ def main(argv: list[str] | None = None) -> int:
         ("offline total", f"{off_total:.1f} s", f"{student_rows / off_total:,.0f} student rows/s"),
         ("online total", f"{online['total_s']:.1f} s", f"{student_rows / online['total_s']:,.0f} student rows/s ({args.teachers} teachers every batch)"),
         ("ratio offline / online", f"{ratio:.3f}", f"offline takes {100 * ratio:.0f}% of the online time (speed-up {1 / ratio:.2f}x)"),
+        ("median epoch offline / online", f"{offline['epoch_median_s']:.1f} / {online['epoch_median_s']:.1f} s",
+         f"ratio {offline['epoch_median_s'] / online['epoch_median_s']:.3f} (an epoch's cost, robust to short bursts of load)"),
         ("CPU s offline / online", f"{offline['cpu_s']:.0f} / {online['cpu_s']:.0f}", f"ratio {cpu_ratio:.3f} (user + system; steadier than wall time under load)"),
         ("test accuracy", f"{100 * acc_off:.2f} / {100 * acc_on:.2f}", f"offline / online, gap {gap:.2f} points "
                                                                           f"({'within' if gap <= args.tolerance else 'OUTSIDE'} +-{args.tolerance})"),
@@ -283,11 +290,12 @@ def main(argv: list[str] | None = None) -> int:
     ]
     print()
     for name, value, note in rows:
-        print(f"  {name:<24}{value:>16}   {note}")
+        print(f"  {name:<30}{value:>16}   {note}")
     print(f"\n  {load_note()}")
     result = {"mode": mode, "rows": args.rows, "teachers": args.teachers, "teacher_epochs": args.teacher_epochs, "epochs": args.epochs,
               "batch_size": args.batch_size, "temperature": args.temperature, "alpha": args.alpha, "combine": args.combine, "lr": args.lr,
-              "offline_generate_s": offline["generate_s"], "offline_train_s": offline["train_s"], "offline_epochs_s": offline["epochs_s"],
+              "offline_generate_s": offline["generate_s"], "offline_train_s": offline["train_s"], "offline_epochs_s": offline["epochs_s"], "online_epochs_s": online["epochs_s"],
+              "offline_epoch_median_s": offline["epoch_median_s"], "online_epoch_median_s": online["epoch_median_s"],
               "offline_total_s": off_total, "online_total_s": online["total_s"], "ratio": ratio, "offline_cpu_s": offline["cpu_s"], "online_cpu_s": online["cpu_s"], "cpu_ratio": cpu_ratio, "accuracy_offline": acc_off,
               "accuracy_online": acc_on, "teacher_accuracy": teacher_acc, "loadavg_end": os.getloadavg(), "commands": offline["commands"]}
     (work / f"results-{mode}.json").write_text(json.dumps(result, indent=1))

@@ -42,6 +42,10 @@ def combine(member_logits: torch.Tensor, method: str, temperature: float, weight
     `weights` is [K], float32, summing to 1. Returns float32.
     """
     z = member_logits.to(torch.float32)
+    # Shift each member's row to max 0 before anything else: softmax does not see the
+    # shift, and differences of large logits (4467 vs 4466) stay exact in float32,
+    # where dividing the raw values by T first would round them (found by Hypothesis).
+    z = z - z.max(dim=-1, keepdim=True).values
     w = weights.to(device=z.device, dtype=torch.float32).view(-1, 1, 1)  # (K, 1, 1)
     if method == "arithmetic":
         log_p_members = torch.log_softmax(z / temperature, dim=-1)  # (K, B, C)
