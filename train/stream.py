@@ -5,13 +5,13 @@ read together and shuffled among themselves). For each window the reader
 
 * reads its row groups one at a time (`read_row_group`, never a whole file; files
   opened with `pre_buffer=False`: the default pre-buffering holds about the whole
-  file in memory, NOTES.md);
+  file in memory, measurements on these machines);
 * converts each row group once into the window's tensors: inputs with the set's
   `InputSpec` (the conversion the teachers saw) to float32 [rows, *shape], target
   logits float16 -> float32 [rows, C], labels int64 [rows] (-1 = none);
 * then cuts whole batches by `index_select`, which costs what indexing tensors
   already in memory costs (per-sample `__getitem__` + collate reached 25-37% of
-  the in-memory bound on 2 cores, NOTES.md; converting inputs per batch instead
+  the in-memory bound on 2 cores, measurements on these machines; converting inputs per batch instead
   of per row group cost ~1.5x in epoch time, measured in bench_stream.py).
 
 The next window is read on a background thread while the current one is used, and
@@ -345,7 +345,7 @@ def _targets(column: pa.ChunkedArray, num_classes: int, path: str) -> np.ndarray
     """[rows, C] in the stored dtype, zero-copy from Arrow where the column is one chunk."""
     if column.null_count:
         raise UserError(f"{path}: {column.null_count} rows have null target logits; the transfer set is damaged, regenerate it")
-    # flatten(), not .values: .values ignores slice offsets (NOTES.md).
+    # flatten(), not .values: .values ignores slice offsets (measured on these machines).
     chunks = [chunk.flatten().to_numpy(zero_copy_only=False) for chunk in column.chunks]
     values = (chunks[0] if len(chunks) == 1 else np.concatenate(chunks)).reshape(-1, num_classes)
     if np.isnan(values).any() or np.isposinf(values).any():

@@ -295,7 +295,7 @@ def _selected_rows(n: int, labels: np.ndarray | None, options: ConvertOptions) -
 
 
 def output_schema(options: ConvertOptions, value_type: pa.DataType, size: int, labelled: bool, metadata: dict) -> pa.Schema:
-    # Non-nullable inputs: FixedSizeListArray.flatten() silently drops null rows (NOTES.md).
+    # Non-nullable inputs: FixedSizeListArray.flatten() silently drops null rows (measured on these machines).
     fields = [pa.field(options.input_column, pa.list_(pa.field("element", value_type, nullable=False), size), nullable=False)]
     if labelled:
         fields.append(pa.field(options.label_column, pa.int32(), nullable=True))
@@ -389,7 +389,7 @@ def _dictionary_columns(options: ConvertOptions, dtype: np.dtype, labelled: bool
     256 values always fit the dictionary; measured on MNIST train (60k x 784 uint8),
     zstd alone 14.7 MB, with a dictionary 10.6 MB, read speed the same (~0.3 s).
     Wider types overflow the dictionary page and fall back after paying for the
-    attempt (floats: bigger and slower, NOTES.md), so they stay plain.
+    attempt (floats: bigger and slower, measurements on these machines), so they stay plain.
     """
     columns = [options.label_column] if labelled else []
     if dtype.itemsize == 1:

@@ -67,7 +67,7 @@ def target_schema(
         pa.field(SOURCE, pa.string(), nullable=False),
         pa.field(LABEL, pa.int32(), nullable=True),
         # Non-nullable on purpose: FixedSizeListArray.flatten() silently drops
-        # null rows, so a null here would shift every later row (NOTES.md).
+        # null rows, so a null here would shift every later row (measured on these machines).
         pa.field(LOGITS, pa.list_(pa.field("element", value_type, nullable=False), num_classes), nullable=False),
     ]
     if num_teachers_kept:

@@ -194,7 +194,7 @@ def read_shard_rows(source: SourceFile, plan: ShardPlan, columns: list[str], bat
     """Yield (first row index, batch) over rows [plan.start, plan.stop) of one file.
 
     Reads only the row groups that overlap the range, one at a time
-    (pre_buffer=False keeps memory at a row group, NOTES.md), and re-cuts them
+    (pre_buffer=False keeps memory at a row group, measurements on these machines), and re-cuts them
     into batches of exactly `batch_size` rows (the last may be shorter), so the
     batches, and with them the teachers' float results, are the same on every run.
     """

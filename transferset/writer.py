@@ -65,7 +65,7 @@ def parquet_options(schema: pa.Schema) -> dict:
         "compression": "zstd",
         "compression_level": 1,
         # Dictionary only where values repeat (source path, label); float
-        # dictionaries make files bigger and slower (NOTES.md).
+        # dictionaries make files bigger and slower (measured on these machines).
         "use_dictionary": [n for n in ("source", LABEL) if n in schema.names],
         "column_encoding": {leaf: "BYTE_STREAM_SPLIT" for leaf in float_leaves},
         "write_statistics": plain_columns,
