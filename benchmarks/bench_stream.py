@@ -5,7 +5,7 @@
    training fed from tensors already in memory (a fresh random permutation per
    epoch and the same per-batch index gather an in-memory shuffled loader pays).
    Inputs are MNIST train (uint8, scaled by 1/255 as the InputSpec says) when
-   /work/shared/datasets/mnist is there, else random pixels; the soft targets come
+   ../shared/datasets/mnist is there, else random pixels; the soft targets come
    from a fixed random linear "teacher". Target: ratio <= 1.05.
 2. Memory: peak RSS of one streamed epoch (no training) over 1M and 4M synthetic
    rows (C=100 float16 logits, 16 float32 features), each in its own process.
@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-MNIST = Path("/work/shared/datasets/mnist")
+MNIST = ROOT.parent / "shared" / "datasets" / "mnist"  # ../shared beside the checkout
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -24,7 +24,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from transferset.convert import ConvertOptions, sha256_file, write_source  # noqa: E402
+from transferset.convert import ConvertOptions, write_source  # noqa: E402
+from transferset.manifest import file_sha256  # noqa: E402
 
 ORIGIN = {
     "dataset": "UCI Optical Recognition of Handwritten Digits, test set (optdigits.tes), via sklearn.datasets.load_digits()",
@@ -49,7 +50,7 @@ def load_digits_arrays() -> tuple[np.ndarray, np.ndarray, str]:
     labels = np.asarray(digits.target, dtype=np.int64)
     csv = resources.files("sklearn").joinpath(SKLEARN_FILE)
     with resources.as_file(csv) as csv_path:
-        digest = sha256_file(csv_path)
+        digest = file_sha256(Path(csv_path))
     return images.astype(np.uint8), labels, digest
 
 
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         "origin": ORIGIN,
     }
     result = write_source(images, labels, args.out, ConvertOptions(overwrite=True), provenance, where="load_digits()")
-    print(f"wrote {result.path}: {result.rows} rows, {args.out.stat().st_size:,} bytes, sha256 {sha256_file(args.out)}")
+    print(f"wrote {result.path}: {result.rows} rows, {args.out.stat().st_size:,} bytes, sha256 {file_sha256(Path(args.out))}")
     return 0
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from transferset.errors import UserError
+from transferset.errors import UserError, first_line
 from transferset.manifest import atomic_write
 
 STATE_DICT = "student.pt"
@@ -43,9 +43,8 @@ def export_program(model: torch.nn.Module, example: torch.Tensor, out: Path) -> 
     try:
         program = torch.export.export(student, (example,), dynamic_shapes=({0: batch},))
     except Exception as error:
-        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise UserError(
-            f"the student trained and {out / STATE_DICT} is saved, but torch.export failed ({first_line}); "
+            f"the student trained and {out / STATE_DICT} is saved, but torch.export failed ({first_line(error)}); "
             f"make the student's forward exportable (no data-dependent Python control flow)"
         ) from None
     path = out / PROGRAM

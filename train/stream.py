@@ -37,7 +37,7 @@ import torch
 
 from train import order
 from transferset import schema
-from transferset.errors import UserError
+from transferset.errors import UserError, first_line
 from transferset.inputs import InputSpec
 from transferset.inspect import mixed_shards_message, shard_mismatch
 from transferset.manifest import read_manifest
@@ -86,11 +86,8 @@ def _open(path: str) -> pq.ParquetFile:
     try:
         return pq.ParquetFile(path, pre_buffer=False, buffer_size=_READ_BUFFER)
     except (pa.ArrowException, OSError, ValueError) as error:
-        raise UserError(f"{path} cannot be read as Parquet ({_first_line(error)}); the file is damaged or truncated: restore or regenerate it") from None
+        raise UserError(f"{path} cannot be read as Parquet ({first_line(error)}); the file is damaged or truncated: restore or regenerate it") from None
 
-
-def _first_line(error: Exception) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 class StreamSource:
@@ -300,7 +297,7 @@ class StreamSource:
             try:
                 table = pf.read_row_group(ref.index, columns=names)
             except (pa.ArrowException, OSError, ValueError) as error:
-                raise UserError(f"{ref.path}: row group {ref.index} cannot be read ({_first_line(error)}); the file is damaged or truncated: restore or regenerate it") from None
+                raise UserError(f"{ref.path}: row group {ref.index} cannot be read ({first_line(error)}); the file is damaged or truncated: restore or regenerate it") from None
             if table.num_rows != ref.rows:
                 raise UserError(f"{ref.path}: row group {ref.index} has {table.num_rows} rows, its footer says {ref.rows}; the file is damaged: restore or regenerate it")
             rows = slice(offset, offset + ref.rows)
@@ -436,7 +433,7 @@ def _label_stats(pf: pq.ParquetFile, i: int, label_column: str, path: str) -> tu
     try:
         column = pf.read_row_group(i, columns=[label_column]).column(0)
     except (pa.ArrowException, OSError, ValueError) as error:
-        raise UserError(f"{path}: row group {i} cannot be read ({_first_line(error)}); the file is damaged or truncated: restore or regenerate it") from None
+        raise UserError(f"{path}: row group {i} cannot be read ({first_line(error)}); the file is damaged or truncated: restore or regenerate it") from None
     if column.null_count == len(column):
         return group.num_rows, column.null_count, None, None
     bounds = pc.min_max(column)

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from transferset.errors import UserError
+from transferset.errors import UserError, first_line
 from transferset.inputs import load_callable
 
 DEFAULT_STUDENT = "train.students:mlp"
@@ -90,10 +90,6 @@ def cnn(
     return nn.Sequential(*layers)
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
 
 def _as_tuple(value) -> tuple[int, ...]:
     return tuple(value) if isinstance(value, (tuple, list)) else (value,)
@@ -146,10 +142,10 @@ def build_student(spec: str, student_args: dict[str, Any], num_classes: int, inp
     except UserError:
         raise
     except (TypeError, ValueError) as error:
-        raise UserError(f"--student {spec} rejected its arguments ({_first_line(error)}); fix --student-arg") from None
+        raise UserError(f"--student {spec} rejected its arguments ({first_line(error)}); fix --student-arg") from None
     except Exception as error:  # user code: one line naming the factory, not a traceback
         raise UserError(
-            f"--student {spec} failed when called ({type(error).__name__}: {_first_line(error)}); "
+            f"--student {spec} failed when called ({type(error).__name__}: {first_line(error)}); "
             f"fix the factory (it is called as {spec}(num_classes={num_classes}, input_shape={tuple(input_shape)}, **student_args))"
         ) from None
     if not isinstance(model, nn.Module):
@@ -185,7 +181,7 @@ def check_output_size(model: nn.Module, spec: str, num_classes: int, input_shape
         raise
     except Exception as error:
         raise UserError(
-            f"--student {spec} fails on inputs of shape {tuple(input_shape)} ({type(error).__name__}: {_first_line(error)}); "
+            f"--student {spec} fails on inputs of shape {tuple(input_shape)} ({type(error).__name__}: {first_line(error)}); "
             f"check --input-shape and --student-arg"
         ) from None
     finally:

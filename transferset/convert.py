@@ -20,7 +20,6 @@ renamed when complete, so a `.parquet` at the output path is always whole.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import math
 import os
@@ -35,6 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from transferset.errors import UserError
+from transferset.manifest import file_sha256
 from transferset.progress import progress
 
 METADATA_KEY = b"transferset.convert"
@@ -170,13 +170,6 @@ def _check_length(path: Path, actual: int, expected: int) -> None:
     if actual > expected:
         raise UserError(f"{path} has {actual - expected:,} bytes after the data its IDX header describes; the file is damaged, download it again")
 
-
-def sha256_file(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # -- options and checks -----------------------------------------------------------
@@ -442,7 +435,7 @@ def convert_files(
     files = list(dict.fromkeys(str(p) for p in inputs))  # an .npz may hold both arrays
     provenance: dict[str, Any] = {
         "source_files": files,
-        "sha256": {name: sha256_file(name) for name in files},
+        "sha256": {name: file_sha256(Path(name)) for name in files},
         "keys": {"images": images_key, "labels": labels_key},
     }
     return write_source(image_array, label_array, out_path, options, provenance, where, labels_where, quiet)

@@ -11,3 +11,10 @@ class UserError(Exception):
     """Bad input: reported as `transferset: error: <message>` with exit code 2."""
 
     exit_code = 2
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (its type name when it has none),
+    for one-line errors that quote a library's complaint."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

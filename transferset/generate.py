@@ -37,7 +37,7 @@ from transferset import __version__
 from transferset import teachers as teacher_lib
 from transferset.combine import combine, normalised_weights
 from transferset.devices import resolve_device
-from transferset.errors import UserError
+from transferset.errors import UserError, first_line
 from transferset.inputs import InputSpec
 from transferset.manifest import JOB, MANIFEST, RECORDS_DIR, Manifest, atomic_write_json, read_shard_records, reporting_write_errors, shard_name, write_manifest
 from transferset.progress import progress, say
@@ -331,7 +331,7 @@ def _probe_num_classes(cfg, teachers, source: SourceFile, device) -> int:
     except UserError:
         raise
     except Exception as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        first = first_line(error)
         raise UserError(f"a teacher failed on the first input batch of shape {tuple(x.shape)} ({first}); check --input-shape and the teacher") from None
     num_classes = int(member.shape[-1])
     if num_classes < 2:

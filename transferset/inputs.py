@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from transferset.errors import UserError
+from transferset.errors import UserError, first_line
 
 
 @dataclass(frozen=True)
@@ -178,14 +178,14 @@ class InputSpec:
             raise
         except Exception as error:
             raise UserError(
-                f"--transform {self.transform} failed on a batch of {batch.num_rows} rows ({type(error).__name__}: {_first_line(error)}); "
+                f"--transform {self.transform} failed on a batch of {batch.num_rows} rows ({type(error).__name__}: {first_line(error)}); "
                 f"fix the transform (try it on pyarrow.parquet.read_table(SOURCE).to_batches()[0])"
             ) from None
         try:
             x = torch.as_tensor(np.asarray(out) if not isinstance(out, torch.Tensor) else out)
         except (TypeError, ValueError, RuntimeError) as error:
             raise UserError(
-                f"--transform {self.transform} returned {type(out).__name__} that is not numeric ({_first_line(error)}); "
+                f"--transform {self.transform} returned {type(out).__name__} that is not numeric ({first_line(error)}); "
                 f"return a [rows, ...] NumPy array or torch tensor of numbers"
             ) from None
         if x.ndim < 1 or x.shape[0] != batch.num_rows:
@@ -203,16 +203,12 @@ def load_callable(spec: str, flag: str) -> Callable:
     except ImportError as error:
         raise UserError(f"{flag} {spec!r}: cannot import {module_name!r} ({error}); is it installed or on PYTHONPATH?") from None
     except Exception as error:  # the module itself is broken (SyntaxError, an error at import time)
-        raise UserError(f"{flag} {spec!r}: importing {module_name!r} failed ({type(error).__name__}: {_first_line(error)}); fix that module") from None
+        raise UserError(f"{flag} {spec!r}: importing {module_name!r} failed ({type(error).__name__}: {first_line(error)}); fix that module") from None
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise UserError(f"{flag} {spec!r}: {module_name} has no callable {attr!r}")
     return fn
 
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def parse_floats(text: str | None, flag: str) -> tuple[float, ...] | None:

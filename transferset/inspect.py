@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from transferset.errors import UserError
+from transferset.errors import UserError, first_line
 from transferset.manifest import MANIFEST, Manifest, read_manifest
 from transferset.schema import LABEL, LOGITS, METADATA_KEY, SOURCE, TEACHER_LOGITS
 
@@ -56,7 +56,7 @@ def check_shards_match(manifest: Manifest) -> None:
         try:
             shard_schema = pq.read_schema(path)
         except (pa.ArrowInvalid, OSError) as error:
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            reason = first_line(error)
             raise UserError(
                 f"{path} cannot be read as Parquet ({reason}); the transfer set is damaged: "
                 f"run `transferset verify {manifest.directory} --drop-bad` and rerun its generate"
@@ -122,7 +122,7 @@ def summarize(directory: str) -> dict[str, Any]:
             .to_dicts()
         )
     except pl.exceptions.PolarsError as error:  # a damaged page inside a shard (inspect reads, it does not checksum)
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        reason = first_line(error)
         raise UserError(
             f"transfer set {str(directory)!r} has a shard that cannot be read ({reason}); "
             f"run `transferset verify {directory} --drop-bad` and rerun its generate"

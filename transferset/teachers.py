@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from transferset.errors import UserError
+from transferset.errors import UserError, first_line
 from transferset.inputs import load_callable
 from transferset.manifest import file_sha256
 from transferset.trust import needs_full_unpickling, refusal
@@ -154,7 +154,7 @@ def _load_factory(spec: TeacherSpec, trust: bool) -> Teacher:
     try:
         module = factory()
     except Exception as error:
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        first = first_line(error)
         raise UserError(
             f"--teacher {spec.spec} failed when called ({type(error).__name__}: {first}); a teacher factory is called "
             f"with no arguments and returns the nn.Module (wrap yours in a function that fixes its arguments)"
@@ -170,7 +170,7 @@ def _load_factory(spec: TeacherSpec, trust: bool) -> Teacher:
         try:
             module.load_state_dict(state)
         except RuntimeError as error:
-            first = str(error).strip().splitlines()[0]
+            first = first_line(error)
             raise UserError(f"--weights {str(path)!r} does not fit --teacher {spec.spec}: {first}") from None
         sha = file_sha256(path)
     name = spec.spec.rpartition(":")[2] + (f"@{Path(spec.weights).stem}" if spec.weights else "")
