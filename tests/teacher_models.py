@@ -61,3 +61,7 @@ def not_a_module():
 
 class PickledStateDict(dict):
     """A state dict saved as a custom class: loading it needs full unpickling."""
+
+
+class PickledTuple(tuple):
+    """A tuple subclass: torch's weights_only loader refuses it, full unpickling builds it."""

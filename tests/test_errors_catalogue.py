@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,6 +72,25 @@ def forward_raises_student(num_classes, input_shape):
             raise ValueError("expected a dict of tensors")
 
     return Picky()
+
+
+def _pickled_pt2(root: Path) -> Path:
+    """A torch.export archive whose bias is stored as a (harmless) pickle."""
+    import torch
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    program = torch.export.export(model, (torch.zeros(2, 1, 8, 8),))
+    plain, pickled = root / "plain.pt2", root / "pickled.pt2"
+    torch.export.save(program, str(plain))
+    with zipfile.ZipFile(plain) as zin, zipfile.ZipFile(pickled, "w") as zout:
+        for name in zin.namelist():
+            data = zin.read(name)
+            if name.endswith("_weights_config.json"):
+                config = json.loads(data)
+                config["config"]["1.bias"]["use_pickle"] = True
+                data = json.dumps(config).encode()
+            zout.writestr(name, data)
+    return pickled
 
 
 def raising_teacher():
@@ -173,6 +193,7 @@ def make_fixtures(root: Path) -> dict[str, Path]:
     (f["existing_out"] / "keep.txt").write_text("not a transfer set\n")
     f["a_file"] = root / "a_file.txt"
     f["a_file"].write_text("x\n")
+    f["pickled_pt2"] = _pickled_pt2(root)
 
     # arrays for convert
     np.save(root / "images.npy", rng.integers(0, 255, (30, 8, 8), dtype=np.uint8))
@@ -328,6 +349,7 @@ def cases(f: dict[str, Path], o: Path) -> dict[str, list]:
         # generate
         "generate-no-teacher": ["generate", "--source", f["lab"], *PIXELS, *out],
         "generate-teacher-missing": ["generate", "--teacher", o.parent / "teacher.pt2", "--source", f["lab"], *PIXELS, *out],
+        "generate-teacher-runs-code": ["generate", "--teacher", f["pickled_pt2"], "--source", f["lab"], *PIXELS, *out],
         "generate-teacher-not-a-model": ["generate", "--teacher", f["a_file"], "--source", f["lab"], *PIXELS, *out],
         "generate-teacher-factory-raises": ["generate", "--teacher", "test_errors_catalogue:raising_teacher", "--source", f["lab"], *PIXELS, *out],
         "generate-teacher-wrong-shape": ["generate", "--teacher", "test_errors_catalogue:wrong_shape_teacher", "--source", f["lab"], *PIXELS, *out],

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from transferset.archives import unsafe_export_parts, unsafe_torchscript_parts
 from transferset.errors import UserError, first_line
 from transferset.inputs import load_callable
 from transferset.manifest import file_sha256
@@ -74,9 +75,9 @@ def load_teacher(spec: TeacherSpec, device: torch.device, trust_checkpoint: bool
         if spec.weights:
             raise UserError(f"--weights applies to factory teachers (package.module:function), not to the file {spec.spec!r}")
         if path.suffix == ".pt2":
-            teacher = _load_exported(path, spec)
+            teacher = _load_exported(path, spec, trust_checkpoint)
         else:
-            teacher = _load_torchscript(path, spec)
+            teacher = _load_torchscript(path, spec, trust_checkpoint)
     teacher.module = teacher.module.to(device)
     with contextlib.suppress(NotImplementedError, RuntimeError):
         teacher.module.eval()  # exported programs may refuse eval(); they were traced in eval mode
@@ -101,10 +102,18 @@ def _file_teacher_name(path: Path) -> str:
     return f"{path.resolve().parent.name}" if path.stem in generic else path.stem
 
 
-def _load_exported(path: Path, spec: TeacherSpec) -> Teacher:
+def _refuse_unsafe(path: Path, problems: list[str]) -> None:
+    if problems:
+        more = f" and {len(problems) - 1} more" if len(problems) > 1 else ""
+        raise UserError(refusal(f"--teacher {str(path)!r}", f"parts that would run code from the file when loaded ({problems[0]}{more})"))
+
+
+def _load_exported(path: Path, spec: TeacherSpec, trust: bool) -> Teacher:
     not_exported = f"teacher {str(path)!r} is not a torch.export program"
     if not zipfile.is_zipfile(path):  # a .pt2 is a zip archive; anything else fails below, noisily
         raise UserError(f"{not_exported}; export it with torch.export.save, or use TorchScript or a factory")
+    if not trust:  # torch.export.load unpickles and evals parts of the archive: look first
+        _refuse_unsafe(path, unsafe_export_parts(str(path)))
     export_log = logging.getLogger("torch.export")
     level = export_log.level
     export_log.setLevel(logging.CRITICAL)  # torch logs a traceback before raising; our one line says it all
@@ -117,7 +126,9 @@ def _load_exported(path: Path, spec: TeacherSpec) -> Teacher:
     return Teacher(_file_teacher_name(path), "torch.export", file_sha256(path), program.module(), spec)
 
 
-def _load_torchscript(path: Path, spec: TeacherSpec) -> Teacher:
+def _load_torchscript(path: Path, spec: TeacherSpec, trust: bool) -> Teacher:
+    if not trust and zipfile.is_zipfile(path):
+        _refuse_unsafe(path, unsafe_torchscript_parts(str(path)))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -17,8 +17,5 @@ def needs_full_unpickling(error: pickle.UnpicklingError) -> bool:
     return "Unsupported global" in str(error)
 
 
-def refusal(what: str) -> str:
-    return (
-        f"{what} holds pickled Python objects that only load by running code from the file; "
-        f"if you trust where it came from, pass --trust-checkpoint"
-    )
+def refusal(what: str, holds: str = "pickled Python objects that only load by running code from the file") -> str:
+    return f"{what} holds {holds}; if you trust where it came from, pass --trust-checkpoint"

@@ -41,7 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="ensemble weight of the --teacher just before it (default: equal weights)")
 
     g.add_argument("--trust-checkpoint", action="store_true",
-                   help="allow --weights files that need full unpickling (it can run code from the file: only for files you trust)")
+                   help="allow teacher files and --weights that need full unpickling or other code from the file to load (only for files you trust)")
 
     g = p.add_argument_group("sources")
     g.add_argument("--source", action="append", required=True, metavar="PATH",
