@@ -36,7 +36,7 @@ sys.path[:0] = [str(ROOT), str(HERE)]
 
 import bench_models  # noqa: E402
 import cli  # noqa: E402
-from transferset.writer import parquet_options  # noqa: E402
+from transferset.format.schema import parquet_options, provenance_of  # noqa: E402
 
 MNIST = ROOT.parent / "shared" / "datasets" / "mnist"
 
@@ -110,7 +110,7 @@ def run(args, work: Path) -> None:
     def pyarrow_direct():
         out = work / "direct.parquet"
         direct = pa.table([ids, pa.array([str(source)] * n), labels, logits, table["pixels"]], schema=schema)
-        pq.write_table(direct, out, row_group_size=32768, **parquet_options(schema))
+        pq.write_table(direct, out, row_group_size=32768, **parquet_options(schema, provenance_of(schema, "bench")))
 
     t_direct = median_time(pyarrow_direct, args.repeat)
     on_disk = sum(p.stat().st_size for p in (work / "ts-trivial").glob("*.parquet"))

@@ -119,7 +119,7 @@ def online_arm(spec_path: Path) -> None:
     n = x_all.shape[0]
     steps_per_epoch = -(-n // batch_size)
 
-    torch.manual_seed(seed)  # as train/loop.py seeds just before building the student: same init
+    torch.manual_seed(seed)  # as train/state.py seeds just before building the student: same init
     model = build_student(STUDENT, {"hidden": (800, 800)}, 10, (1, 28, 28)).to(device)
     optimizer = build_optimizer(model, "sgd", lr=spec["lr"], momentum=spec["momentum"], weight_decay=0.0)
     scheduler = build_scheduler(optimizer, total_steps=epochs * steps_per_epoch, warmup_steps=0)
@@ -241,7 +241,7 @@ def test_accuracy(state_dict_path: str, test_pq: Path, device: str) -> float:
     """What `transferset eval` measures, for a state dict of the 784-800-800-10 student."""
     import torch
 
-    from train.loop import open_eval_data
+    from train.data import open_eval_data
     from train.metrics import evaluate
     from train.students import build_student
     from transferset.inputs import InputSpec

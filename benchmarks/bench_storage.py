@@ -26,8 +26,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from transferset.combine import combine, normalised_weights  # noqa: E402
-from transferset.generate import _fixed_floats  # noqa: E402
-from transferset.writer import parquet_options  # noqa: E402
+from transferset.format.codecs.dense import fixed_floats  # noqa: E402
+from transferset.format.provenance import Provenance  # noqa: E402
+from transferset.format.schema import parquet_options  # noqa: E402
 
 MNIST = ROOT.parent / "shared" / "datasets" / "mnist"
 
@@ -79,10 +80,12 @@ def main() -> None:
                 target = combine(members, method, T, normalised_weights(None, 2)).numpy()
                 exact = log_softmax(target.astype(np.float64) / T)
                 for dtype in ("float32", "float16"):
-                    column = _fixed_floats(target, dtype)
+                    column = fixed_floats(target, dtype)
                     schema = pa.schema([pa.field("logits", column.type, nullable=False)])
                     path = Path(tmp) / f"{method}-{T}-{dtype}.parquet"
-                    pq.write_table(pa.table([column], schema=schema), path, **parquet_options(schema))
+                    provenance = Provenance(target_kind="dense", num_classes=target.shape[1], temperature=T, combine=method,
+                                            storage_dtype=dtype, teachers=[{}], sources=[{}], input={})
+                    pq.write_table(pa.table([column], schema=schema), path, **parquet_options(schema, provenance))
                     back = pq.read_table(path)["logits"].combine_chunks().flatten().to_numpy().reshape(target.shape)
                     stored = log_softmax(back.astype(np.float64) / T)
                     d = kl(exact, stored)

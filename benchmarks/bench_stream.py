@@ -92,21 +92,21 @@ def write_transfer_set(directory: Path, inputs: np.ndarray, labels: np.ndarray, 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from transferset import schema
-    from transferset.manifest import ShardRecord, file_sha256, shard_name, write_manifest
-    from transferset.writer import parquet_options
+    from transferset.format import schema
+    from transferset.format.manifest import ShardRecord, shard_name, write_manifest
+    from transferset.format.provenance import Provenance
+    from transferset.io import file_sha256
 
     directory.mkdir(parents=True, exist_ok=True)
     features = inputs.shape[1]
     value_type = pa.from_numpy_dtype(inputs.dtype)
     input_field = pa.field("x", pa.list_(pa.field("element", value_type, nullable=False), features), nullable=False)
-    provenance = {
-        "format": schema.FORMAT_NAME, "schema_version": schema.SCHEMA_VERSION, "target_kind": "dense",
-        "num_classes": num_classes, "temperature": temperature, "combine": "arithmetic", "storage_dtype": "float16",
-        "teachers": [{"name": "bench-random-linear"}], "sources": [{"path": "bench"}], "input": input_spec.to_dict(),
-    }
-    target = schema.with_provenance(schema.target_schema(num_classes, "float16", [input_field]), provenance)
-    options = parquet_options(target)
+    provenance = Provenance(
+        target_kind="dense", num_classes=num_classes, temperature=temperature, combine="arithmetic", storage_dtype="float16",
+        teachers=[{"name": "bench-random-linear"}], sources=[{"path": "bench"}], input=input_spec.to_dict(),
+    )
+    target = schema.target_schema(provenance, [input_field])
+    options = schema.parquet_options(target, provenance)
     records, n = [], len(labels)
     for index, shard_first in enumerate(range(0, n, shard_rows)):
         path = directory / shard_name(index)

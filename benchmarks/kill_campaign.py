@@ -63,7 +63,8 @@ for _p in (str(ROOT), str(TESTS)):
         sys.path.insert(0, _p)
 
 import cli  # noqa: E402
-from transferset.manifest import JOB, MANIFEST, RECORDS_DIR, file_sha256, read_manifest  # noqa: E402
+from transferset.format.manifest import JOB, MANIFEST, RECORDS_DIR, read_manifest
+from transferset.io import file_sha256  # noqa: E402
 
 DIGITS = ROOT / "data" / "digits.parquet"
 TIMING_KEYS = ("seconds", "rows_per_s")  # metrics.jsonl fields that measure the machine, not the run
@@ -231,11 +232,11 @@ def _generate_final(out: Path, reference: Path) -> list[str]:
     got, want = _sorted_table(got_manifest.shard_paths()), _sorted_table(want_manifest.shard_paths())
     problems = []
     ids = got.column("id").to_pylist()
-    source_rows = want_manifest.provenance["rows"]
+    source_rows = want_manifest.provenance.rows
     if len(ids) != source_rows or len(set(ids)) != len(ids):
         problems.append(f"{len(ids)} rows, {len(set(ids))} distinct ids, for {source_rows} source rows")
     problems += _diff_columns(got, want)
-    strip = lambda p: {k: v for k, v in p.items() if k != "created"}  # noqa: E731
+    strip = lambda p: {k: v for k, v in p.encode().items() if k != "created"}  # noqa: E731
     if strip(got_manifest.provenance) != strip(want_manifest.provenance):
         problems.append("provenance differs from the reference's")
     return problems + _leftovers(out)

@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from transferset.convert import ConvertOptions, write_source  # noqa: E402
-from transferset.manifest import file_sha256  # noqa: E402
+from transferset.io import file_sha256  # noqa: E402
 
 ORIGIN = {
     "dataset": "UCI Optical Recognition of Handwritten Digits, test set (optdigits.tes), via sklearn.datasets.load_digits()",

@@ -1,8 +1,7 @@
 """Tiny transfer sets and labelled Parquet files for reader tests.
 
-Until the generator writes real sets, tests build them here with the same schema
-(`transferset.schema`) and manifest code (`transferset.manifest`) the generator
-uses. Every row is recognisable: row r has id "r<r>", inputs [r, r + 0.5, ...]
+Tests build them here with the same format layer (`transferset.format`: schema,
+provenance, dense codec, manifest) the generator uses. Every row is recognisable: row r has id "r<r>", inputs [r, r + 0.5, ...]
 and logits drawn from a seeded generator, so a test can check that a batch holds
 exactly the rows it names.
 """
@@ -16,9 +15,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from transferset import schema
+from transferset.format import schema
+from transferset.format.codecs.dense import storage_numpy_dtype
+from transferset.format.manifest import ShardRecord, shard_name, write_manifest
+from transferset.format.provenance import Provenance
 from transferset.inputs import InputSpec
-from transferset.manifest import ShardRecord, file_sha256, shard_name, write_manifest
+from transferset.io import file_sha256
 
 
 @dataclass
@@ -39,19 +41,10 @@ def input_values(n: int, features: int, start: int = 0) -> np.ndarray:
     return r + 0.5 * np.arange(features, dtype=np.float32)[None, :]  # [n, F]: row r -> r, r + 0.5, ...
 
 
-def provenance(num_classes: int, spec: InputSpec, storage_dtype: str = "float16", temperature: float = 2.0) -> dict:
-    return {
-        "format": schema.FORMAT_NAME,
-        "schema_version": schema.SCHEMA_VERSION,
-        "target_kind": "dense",
-        "num_classes": num_classes,
-        "temperature": temperature,
-        "combine": "arithmetic",
-        "storage_dtype": storage_dtype,
-        "teachers": [{"name": "fixture-teacher"}],
-        "sources": [{"path": "fixture"}],
-        "input": spec.to_dict(),
-    }
+def provenance(num_classes: int, spec: InputSpec, storage_dtype: str = "float16", temperature: float = 2.0) -> Provenance:
+    return Provenance(target_kind="dense", num_classes=num_classes, temperature=temperature, combine="arithmetic",
+                      storage_dtype=storage_dtype, teachers=[{"name": "fixture-teacher"}], sources=[{"path": "fixture"}],
+                      input=spec.to_dict())
 
 
 def make_transfer_set(
@@ -74,10 +67,10 @@ def make_transfer_set(
     spec = InputSpec(columns=("x",), shape=(features,))
     input_field = pa.field("x", pa.list_(pa.field("element", pa.float32(), nullable=False), features), nullable=False)
     prov = provenance(num_classes, spec, storage_dtype)
-    target = schema.with_provenance(schema.target_schema(num_classes, storage_dtype, [input_field]), prov)
+    target = schema.target_schema(prov, [input_field])
     total = sum(sum(s) for s in shards)
     rng = np.random.default_rng(seed)
-    dtype = schema.storage_numpy_dtype(storage_dtype)
+    dtype = storage_numpy_dtype(storage_dtype)
     logits = (rng.standard_normal((total, num_classes)) * 3).astype(dtype)
     labels = rng.integers(0, num_classes, total).astype(np.int64)
     if unlabelled_every:

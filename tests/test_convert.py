@@ -26,8 +26,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import cli  # noqa: E402
-from transferset.convert import METADATA_KEY, input_shape_hint, parse_rows, read_idx  # noqa: E402
+from transferset.arrays import read_idx  # noqa: E402
+from transferset.convert import input_shape_hint, parse_rows  # noqa: E402
 from transferset.errors import UserError  # noqa: E402
+from transferset.source_writer import METADATA_KEY  # noqa: E402
 
 MNIST = ROOT.parent / "shared" / "datasets" / "mnist"
 DIGITS = ROOT / "data" / "digits.parquet"
@@ -304,6 +306,27 @@ def test_subprocess_error_and_progress(tmp_path):
     good = subprocess.run(base + ["--out", str(tmp_path / "b.parquet")], capture_output=True, text=True, cwd=ROOT, env=env)
     assert good.returncode == 0, good.stderr
     assert "convert: 5/5 rows" in good.stderr and "--input-shape 2" in good.stdout
+
+
+def test_write_refused_mid_file_is_one_line_naming_the_output_and_leaves_nothing(tmp_path):
+    """A file-size limit (RLIMIT_FSIZE, which binds root too) hit mid-write: the shared
+    atomic write turns EFBIG into one line naming --out, and deletes its temp file."""
+    import resource
+
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).random((4000, 64)))  # ~2 MB of float64 to write
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    out = out_dir / "src.parquet"
+
+    def limit_file_size() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (256 << 10, 256 << 10))
+
+    proc = subprocess.run([sys.executable, "-m", "cli", "convert", "--images", str(tmp_path / "x.npy"), "--out", str(out),
+                           "--row-group-rows", "500", "--quiet"], capture_output=True, text=True, cwd=ROOT, preexec_fn=limit_file_size,
+                          env=dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])))
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith(f"transferset convert: error: {out} is larger than the file-size limit allows (EFBIG"), proc.stderr
+    assert list(out_dir.iterdir()) == []  # neither the output nor a temp file
 
 
 def test_convert_never_imports_torch(tmp_path):

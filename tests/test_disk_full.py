@@ -34,13 +34,14 @@ import textwrap
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 
 import cli
 from conftest import ROOT
 from transferset.errors import UserError
-from transferset.manifest import atomic_write, atomic_write_json, write_failure
+from transferset.io import atomic_write, atomic_write_json, write_failure
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import kill_campaign as kc  # noqa: E402
@@ -188,10 +189,13 @@ def test_torch_writers_raise_one_line_errors_in_process(tmp_path):
 
 def test_shard_writer_thread_error_reaches_the_caller_as_one_line(tmp_path, setup):
     """The writer thread's EFBIG surfaces in the calling thread as the UserError; no shard, no temp."""
+    from transferset.format.schema import parquet_options, provenance_of
     from transferset.writer import ShardWriter
 
     table = pa.concat_tables([kc._sorted_table([p]) for p in sorted(setup["set"].glob("part-*.parquet"))])
-    writer = ShardWriter(tmp_path, table.schema, row_group_rows=1000)
+    first = sorted(setup["set"].glob("part-*.parquet"))[0]
+    options = parquet_options(table.schema, provenance_of(pq.read_schema(first), str(first)))
+    writer = ShardWriter(tmp_path, table.schema, options, row_group_rows=1000)
     with file_size_limit(8192), pytest.raises(UserError, match=r"part-00000.parquet is larger than the file-size limit"):
         writer.open_shard(0)
         for batch in table.to_batches(max_chunksize=100):

@@ -12,8 +12,10 @@ stderr holding the message, show no traceback, and leave nothing half-written
 `student.pt` / `student.pt2` in a train output, no convert output file).
 
 Most rows run in-process (`cli.main`, fast); SUBPROCESS rows also run in a fresh
-interpreter, as a user runs them. The module also holds the misbehaving student
-factories and transforms the rows name (`test_errors_catalogue:...`).
+interpreter, as a user runs them. ENVIRONMENT rows run with the environment
+variables they name set (a launcher's, e.g. torchrun's WORLD_SIZE). The module
+also holds the misbehaving student factories and transforms the rows name
+(`test_errors_catalogue:...`).
 """
 
 from __future__ import annotations
@@ -36,7 +38,10 @@ DOC = ROOT / "docs" / "errors.md"
 COMMANDS = ("convert", "generate", "inspect", "verify", "train", "eval")
 # Rows also run in a fresh interpreter (each costs a torch import, ~2 s).
 SUBPROCESS = ("convert-exclude-every-class", "generate-duplicate-ids", "inspect-manifest-not-json",
-              "train-student-factory-raises", "eval-class-bias-out-of-range")
+              "train-student-factory-raises", "train-multi-process", "eval-class-bias-out-of-range")
+
+# Rows whose bad input is the environment a launcher sets, not a flag: the variables set while the row runs.
+ENVIRONMENT = {"train-multi-process": {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}}
 
 # Rows whose input is only bad on a machine without CUDA.
 CPU_ONLY = ("generate-device-cuda-missing", "train-precision-fp16-cpu")
@@ -283,8 +288,8 @@ def _damage_page_header(directory: Path, column: str) -> Path:
 def _mixed_versions(directory: Path) -> Path:
     """Rewrite shard 1 with schema_version 2 in its metadata (and a matching record), as if
     a newer writer had added it to this set: consistent checksums, mixed versions."""
-    from transferset.manifest import file_sha256
-    from transferset.schema import METADATA_KEY
+    from transferset.format.schema import METADATA_KEY
+    from transferset.io import file_sha256
 
     shard = directory / "part-00001.parquet"
     table = pq.read_table(shard)
@@ -402,6 +407,8 @@ def cases(f: dict[str, Path], o: Path) -> dict[str, list]:
         "generate-device-unknown": ["generate", *gen, "--device", "tpu", *out],
         "generate-threads-zero": ["generate", *gen, "--threads", "0", *out],
         "generate-out-not-a-set": ["generate", *gen, "--out", f["existing_out"]],
+        "generate-engine-unknown": ["generate", *gen, "--engine", "spark", *out],
+        "generate-teacher-form-unknown": ["generate", "--teacher", f"onnx:{f['a_file']}", "--source", f["lab"], *PIXELS, *out],
         "generate-out-is-a-file": ["generate", *gen, "--out", f["a_file"]],
         "generate-out-other-config": ["generate", *gen, "-T", "5", "--out", f["set"]],
         # inspect
@@ -487,6 +494,7 @@ def cases(f: dict[str, Path], o: Path) -> dict[str, list]:
         "train-transform-wrong-rows": ["train", "--data", f["lab"], "--transform", "test_errors_catalogue:short_transform", *out],
         "train-jitter-flat-inputs": ["train", "--data", f["lab"], "--input-shape", "64", "--jitter", "2", *out],
         "train-precision-fp16-cpu": [*data, "--precision", "fp16", *out],
+        "train-multi-process": [*data, *out],  # with ENVIRONMENT's torchrun variables
         "train-eval-without-labels": [*data, "--eval", f["unl"], *out],
         "train-eval-missing": [*data, "--eval", o.parent / "test.parquet", *out],
         "train-resume-no-checkpoint": [*data, "--resume", *out],
@@ -557,7 +565,7 @@ def test_doc_and_cases_are_one_list():
         assert row.command == built[row.id][0], f"{row.id}: the doc says {row.command}, the case runs {built[row.id][0]}"
     per_command = {c: sum(r.command == c for r in ROWS) for c in COMMANDS}
     assert all(per_command.values()) and len(ROWS) >= 40, per_command
-    assert set(SUBPROCESS) <= set(ids)
+    assert set(SUBPROCESS) <= set(ids) and set(ENVIRONMENT) <= set(ids)
 
 
 class _AnyPath(dict):
@@ -604,13 +612,15 @@ def _check(row: Row, code, stderr: str, before: dict, after: dict) -> None:
 
 
 @pytest.mark.parametrize("row", ROWS, ids=[r.id for r in ROWS])
-def test_bad_input(row: Row, fx, tmp_path, capsys):
+def test_bad_input(row: Row, fx, tmp_path, capsys, monkeypatch):
     import torch
 
     import cli
 
     if row.id in CPU_ONLY and torch.cuda.is_available():
         pytest.skip("the input is valid on a machine with CUDA")
+    for name, value in ENVIRONMENT.get(row.id, {}).items():
+        monkeypatch.setenv(name, value)
 
     argv = [str(a) for a in cases(fx, tmp_path / "out")[row.id]] + ["--quiet"]
     before = _published(argv)
@@ -623,9 +633,11 @@ def test_bad_input(row: Row, fx, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("row_id", SUBPROCESS)
-def test_bad_input_in_a_fresh_process(row_id, fx, tmp_path):
+def test_bad_input_in_a_fresh_process(row_id, fx, tmp_path, monkeypatch):
     """As a user meets it: a new interpreter, no --quiet."""
     row = next(r for r in ROWS if r.id == row_id)
+    for name, value in ENVIRONMENT.get(row.id, {}).items():
+        monkeypatch.setenv(name, value)  # run_cli passes os.environ on
     argv = cases(fx, tmp_path / "out")[row.id]
     before = _published(argv)
     proc = run_cli(*argv)

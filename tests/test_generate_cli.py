@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from conftest import run_cli
-from transferset.manifest import read_manifest
-from transferset.schema import METADATA_KEY
+from transferset.format.manifest import read_manifest
+from transferset.format.schema import METADATA_KEY
 
 import teacher_models
 
@@ -65,16 +65,16 @@ def test_round_trip_matches_teachers(tmp_path, sources):
     manifest = read_manifest(out)
     assert manifest.rows == 720 and len(manifest.shards) == 7  # 517 -> 5 shards of <=128 rows, 203 -> 2
     prov = manifest.provenance
-    assert prov["combine"] == "arithmetic" and prov["temperature"] == 3.0 and prov["num_classes"] == 10
-    assert [t["weight"] for t in prov["teachers"]] == [0.25, 0.75]
-    assert prov["teachers"][1]["sha256"] == hashlib.sha256((tmp_path / "b.pt2").read_bytes()).hexdigest()
-    assert [s["labelled_rows"] for s in prov["sources"]] == [517 - 11, 0]
-    assert prov["sources"][0]["fingerprint"] == hashlib.sha256(lab.read_bytes()).hexdigest()
+    assert prov.combine == "arithmetic" and prov.temperature == 3.0 and prov.num_classes == 10
+    assert [t["weight"] for t in prov.teachers] == [0.25, 0.75]
+    assert prov.teachers[1]["sha256"] == hashlib.sha256((tmp_path / "b.pt2").read_bytes()).hexdigest()
+    assert [s["labelled_rows"] for s in prov.sources] == [517 - 11, 0]
+    assert prov.sources[0]["fingerprint"] == hashlib.sha256(lab.read_bytes()).hexdigest()
     for shard in manifest.shards:
         path = out / shard.path
         assert hashlib.sha256(path.read_bytes()).hexdigest() == shard.sha256
         meta = pq.read_schema(path).metadata
-        assert json.loads(meta[METADATA_KEY]) == prov  # full provenance in every shard
+        assert json.loads(meta[METADATA_KEY]) == prov.encode()  # full provenance in every shard
 
 
 def test_float16_storage_and_inspect(tmp_path, sources):
@@ -143,8 +143,8 @@ def test_zero_teacher_weight_is_zero_and_out_inside_a_source_directory_resumes(t
     again = run_cli(*args)
     assert again.returncode == 0 and "already complete" in again.stderr  # its own shards are not new sources
     manifest = read_manifest(out)
-    assert [t["weight"] for t in manifest.provenance["teachers"]] == [0.0, 1.0]
-    assert [s["path"] for s in manifest.provenance["sources"]] == [str(src / "lab.parquet")]
+    assert [t["weight"] for t in manifest.provenance.teachers] == [0.0, 1.0]
+    assert [s["path"] for s in manifest.provenance.sources] == [str(src / "lab.parquet")]
     table = pl.read_parquet(f"{out}/*.parquet")
     stored = np.stack(table["logits"].to_numpy())
     member_b = np.stack(table["teacher_logits"].to_numpy())[:, 1]

@@ -9,10 +9,10 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from transferset.combine import combine, normalised_weights, soft_targets
-from transferset.generate import _fixed_floats
-from transferset.manifest import ShardRecord, read_manifest, write_manifest
-from transferset.schema import METADATA_KEY, decode_provenance, target_schema, with_provenance
-from transferset.writer import parquet_options
+from transferset.format.codecs.dense import fixed_floats
+from transferset.format.manifest import ShardRecord, read_manifest, write_manifest
+from transferset.format.provenance import Provenance
+from transferset.format.schema import METADATA_KEY, parquet_options, target_schema
 
 finite = st.floats(-1e4, 1e4, allow_nan=False, allow_infinity=False, width=32)
 
@@ -89,32 +89,32 @@ def test_format_round_trip(tmp_path_factory, n, c, k, dtype, t, width, value_typ
     rng = np.random.default_rng(seed)
     directory = tmp_path_factory.mktemp("fmt")
     inputs = pa.field("x", pa.list_(pa.field("element", value_type, nullable=False), width), nullable=False)
-    provenance = {
-        "format": "transferset", "schema_version": 1, "target_kind": "dense", "num_classes": c, "temperature": t,
-        "combine": "geometric", "storage_dtype": dtype, "teachers": [{"name": f"t{i}"} for i in range(max(k, 1))],
-        "sources": [{"path": "s"}], "input": {"columns": ["x"], "shape": [width]},
-    }
-    schema = with_provenance(target_schema(c, dtype, [inputs], k), provenance)
+    provenance = Provenance(
+        target_kind="dense", num_classes=c, temperature=t, combine="geometric", storage_dtype=dtype,
+        teachers=[{"name": f"t{i}"} for i in range(max(k, 1))], sources=[{"path": "s"}],
+        input={"columns": ["x"], "shape": [width]}, teacher_logits_kept=bool(k),
+    )
+    schema = target_schema(provenance, [inputs])
     target = (rng.normal(0, 10, (n, c))).astype(np.float32)
     labels = [None if rng.random() < 0.3 else int(rng.integers(0, c)) for _ in range(n)]
     raw_inputs = rng.integers(0, 100, n * width).astype(value_type.to_pandas_dtype())
     columns = {
         "id": pa.array([f"r{i}" for i in range(n)]), "source": pa.array(["s"] * n), "label": pa.array(labels, pa.int32()),
-        "logits": _fixed_floats(target, dtype),
+        "logits": fixed_floats(target, dtype),
     }
     if k:
         members = rng.normal(0, 5, (n * k, c)).astype(np.float32)
-        columns["teacher_logits"] = pa.FixedSizeListArray.from_arrays(_fixed_floats(members, dtype), k)
+        columns["teacher_logits"] = pa.FixedSizeListArray.from_arrays(fixed_floats(members, dtype), k)
     columns["x"] = pa.FixedSizeListArray.from_arrays(pa.array(raw_inputs, value_type), width)
     batch = pa.RecordBatch.from_arrays([columns[f.name] for f in schema], schema=schema)
     path = directory / "part-00000.parquet"
-    with pq.ParquetWriter(path, schema, **parquet_options(schema)) as w:
+    with pq.ParquetWriter(path, schema, **parquet_options(schema, provenance)) as w:
         w.write_batch(batch, row_group_size=max(1, n // 3))
     write_manifest(directory, provenance, [ShardRecord(path.name, 0, n, sum(v is not None for v in labels), path.stat().st_size, "x")])
 
     back = pq.read_table(path)
     assert back.schema.equals(schema, check_metadata=False)
-    assert decode_provenance(back.schema.metadata[METADATA_KEY], "shard") == provenance
+    assert Provenance.decode_bytes(back.schema.metadata[METADATA_KEY], "shard") == provenance
     assert back.column("label").to_pylist() == labels
     stored = back.column("logits").combine_chunks().flatten().to_numpy().reshape(n, c)
     expected = target.astype(np.float16).astype(np.float32) if dtype == "float16" else target

@@ -10,9 +10,11 @@ import torch
 
 from helpers_transferset import make_transfer_set, write_labelled  # tests/ is on sys.path (conftest.py)
 
-from train.stream import Batch, StreamDataset, StreamSource, parquet_files
+from train.stream import Batch, StreamDataset, StreamSource
+from train.world import World
 from transferset.errors import UserError
 from transferset.inputs import InputSpec
+from transferset.io import expand_parquet_paths
 
 # 117 rows in two shards, row groups of 10 with short ones, windows of 3 row groups.
 SHARDS = [[10, 10, 10, 10, 10, 7], [10, 10, 10, 10, 10, 10]]
@@ -29,6 +31,11 @@ def tset(tmp_path_factory):
 @pytest.fixture()
 def source(tset):
     return StreamSource.open_transfer_set(tset[0], window_rows=WINDOW_ROWS)
+
+
+def world(rank: int, world_size: int) -> World:
+    """Rank `rank` of `world_size` processes (the stream only reads rank and world size)."""
+    return World(rank=rank, world_size=world_size, local_rank=0, device=torch.device("cpu"))
 
 
 def ids(batches) -> list[str]:
@@ -60,7 +67,7 @@ def test_metadata(source, tset):
     assert (source.num_rows, source.num_classes, source.has_targets) == (117, 3, True)
     assert source.num_labelled == int((rows.labels >= 0).sum())
     assert source.temperature == 2.0 and source.combine == "arithmetic"
-    assert source.provenance["format"] == "transferset"
+    assert source.provenance.format == "transferset"
     assert source.input_spec.columns == ("x",)
 
 
@@ -156,17 +163,17 @@ def test_resume_position_outside_the_epoch_is_refused(source):
 
 @pytest.mark.parametrize("world_size,batch_size", [(2, 8), (3, 5), (4, 29), (2, 2)])
 def test_ranks_read_disjoint_parts_with_equal_batch_counts(source, world_size, batch_size):
-    per_rank = [run(source, batch_size=batch_size, rank=r, world_size=world_size) for r in range(world_size)]
+    per_rank = [run(source, batch_size=batch_size, world=world(r, world_size)) for r in range(world_size)]
     counts = {len(b) for b in per_rank}
-    assert counts == {source.num_batches(batch_size, 0, world_size)}, "ranks yield different batch counts"
+    assert counts == {source.num_batches(batch_size, world(0, world_size))}, "ranks yield different batch counts"
     seen = [i for batches in per_rank for i in ids(batches)]
     assert len(seen) == len(set(seen)), "Duplicate samples across ranks"
     assert len(seen) == 117, "Missing samples"
 
 
 def test_rank_resume(source):
-    whole = run(source, batch_size=5, rank=1, world_size=3)
-    assert_same_batches(whole[:3] + run(source, batch_size=5, rank=1, world_size=3, start_batch=3), whole)
+    whole = run(source, batch_size=5, world=world(1, 3))
+    assert_same_batches(whole[:3] + run(source, batch_size=5, world=world(1, 3), start_batch=3), whole)
 
 
 def loader(source, num_workers, **kw):
@@ -191,7 +198,7 @@ def test_workers_cover_every_row_once_and_resume(source, num_workers):
 
 
 def test_workers_with_ranks(source):
-    seen = [i for r in range(2) for i in ids(loader(source, 2, rank=r, world_size=2))]
+    seen = [i for r in range(2) for i in ids(loader(source, 2, world=world(r, 2)))]
     assert sorted(seen) == sorted(f"r{i}" for i in range(117))
 
 
@@ -264,7 +271,7 @@ def test_labelled_files_dirs_and_globs(tmp_path):
     write_labelled(tmp_path / "d" / "_skip" / "c.parquet", 100, 5)  # _hidden: not data
     write_labelled(tmp_path / "e.parquet", 37, 6, write_statistics=False)
     given = [str(tmp_path / "d"), str(tmp_path / "e*.parquet"), str(tmp_path / "d" / "a.parquet")]
-    assert parquet_files(given) == [str(tmp_path / p) for p in ("d/a.parquet", "d/sub/b.parquet", "e.parquet")]
+    assert expand_parquet_paths(given, "--data") == [str(tmp_path / p) for p in ("d/a.parquet", "d/sub/b.parquet", "e.parquet")]
     src = StreamSource.open_labelled(given, SPEC, "y")
     assert (src.num_rows, src.num_classes, src.has_targets, src.temperature) == (43, 4, False, None)
     batches = list(src.epoch(batch_size=6, seed=0, epoch=0, columns_extra=("id",)))
@@ -339,7 +346,8 @@ def test_corrupt_data_pages_are_named(tmp_path, window_rows):
     shard = tmp_path / "s" / "part-00000.parquet"
     raw = bytearray(shard.read_bytes())
     size = len(raw)
-    raw[100 : size // 2] = bytes(size // 2 - 100)  # zero the first half of the pages; footer intact
+    pages_end = size - 8 - int.from_bytes(raw[-8:-4], "little")  # the footer (length in the last 8 bytes) stays intact
+    raw[100 : pages_end // 2] = bytes(pages_end // 2 - 100)  # zero the first half of the pages
     shard.write_bytes(bytes(raw))
     src = StreamSource.open_transfer_set(tmp_path / "s", window_rows=window_rows)
     with pytest.raises(UserError, match=r"part-00000\.parquet"):
@@ -385,9 +393,9 @@ def test_argument_errors(source):
     with pytest.raises(UserError, match="batch size 0"):
         source.num_batches(0)
     with pytest.raises(UserError, match="rank 2 is outside world size 2"):
-        run(source, rank=2, world_size=2)
+        run(source, world=world(2, 2))
     with pytest.raises(UserError, match="117 rows cannot be split over 200 ranks"):
-        run(source, rank=0, world_size=200)
+        run(source, world=world(0, 200))
 
 
 def test_window_by_bytes(tset):

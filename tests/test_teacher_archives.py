@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import run_cli
-from transferset.archives import _safe_target, _safe_tokens, _GUARD_NAMES, unsafe_export_parts, unsafe_torchscript_parts
+from transferset.teachers.archives import _safe_target, _safe_tokens, _GUARD_NAMES, unsafe_export_parts, unsafe_torchscript_parts
 
 BASE = ["--input-column", "pixels", "--input-shape", "1,8,8", "--input-scale", "1/16"]
 

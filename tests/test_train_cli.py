@@ -23,9 +23,12 @@ import torch
 
 import cli
 from conftest import ROOT, TESTS
-from transferset import schema
+from transferset.format import schema
+from transferset.format.codecs.dense import storage_numpy_dtype
+from transferset.format.provenance import Provenance
 from transferset.inputs import InputSpec
-from transferset.manifest import MANIFEST, ShardRecord, file_sha256, shard_name, write_manifest
+from transferset.format.manifest import MANIFEST, ShardRecord, shard_name, write_manifest
+from transferset.io import file_sha256
 
 SIDE = 6
 C = 4
@@ -77,24 +80,16 @@ def build_transfer_set(
     else:
         shifted = z / temperature - (z / temperature).max(axis=1, keepdims=True)
         target = temperature * (shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True)))
-    target = (target - target.max(axis=1, keepdims=True)).astype(schema.storage_numpy_dtype(storage_dtype))
+    target = (target - target.max(axis=1, keepdims=True)).astype(storage_numpy_dtype(storage_dtype))
     labels = z.argmax(axis=1).astype(np.int64)
     keep = np.zeros(rows, bool) if labelled_every is None else (np.arange(rows) % labelled_every == 0)
-    provenance = {
-        "format": schema.FORMAT_NAME,
-        "schema_version": schema.SCHEMA_VERSION,
-        "target_kind": "dense",
-        "num_classes": C,
-        "temperature": temperature,
-        "combine": combine,
-        "storage_dtype": storage_dtype,
-        "teachers": [{"name": "linear-fixture", "format": "fixture", "sha256": "0" * 64, "weight": 1.0}],
-        "sources": [{"path": "fixture"}],
-        "input": SPEC.to_dict(),
-        "class_names": ["zero", "one", "two", "three"],
-    }
+    provenance = Provenance(
+        target_kind="dense", num_classes=C, temperature=temperature, combine=combine, storage_dtype=storage_dtype,
+        teachers=[{"name": "linear-fixture", "format": "fixture", "sha256": "0" * 64, "weight": 1.0}],
+        sources=[{"path": "fixture"}], input=SPEC.to_dict(), class_names=["zero", "one", "two", "three"],
+    )
     input_field = pa.field("pixels", pa.list_(pa.field("element", pa.uint8(), nullable=False), SIDE * SIDE), nullable=False)
-    target_schema = schema.with_provenance(schema.target_schema(C, storage_dtype, [input_field]), provenance)
+    target_schema = schema.target_schema(provenance, [input_field])
     records = []
     for index, start in enumerate(range(0, rows, shard_rows)):
         part = slice(start, min(start + shard_rows, rows))

@@ -13,7 +13,7 @@ A checkpoint is one dict saved by `torch.save`:
     model, optimizer, scheduler, scaler   their state dicts (scaler: None or fp16's)
     rng                  torch (CPU and every CUDA device), numpy, python states,
                          as tensors and plain numbers
-    epoch_stats          running sums of the epoch so far (loss per batch, rows),
+    epoch_sums           running sums of the epoch so far (loss parts x rows, rows),
                          so the resumed epoch's metrics equal the uninterrupted ones
 
 Files are `checkpoints/step-00000123.pt`, written to a temporary name in the same
@@ -32,7 +32,6 @@ a checkpoint and on the same config fingerprint.
 from __future__ import annotations
 
 import json
-import pickle
 import random
 import re
 import shutil
@@ -43,10 +42,11 @@ import numpy as np
 import torch
 
 from train.metrics import MetricsLog
+from train.world import SINGLE_PROCESS, World
 from transferset import __version__
 from transferset.errors import UserError
-from transferset.trust import needs_full_unpickling, refusal
-from transferset.manifest import atomic_write, atomic_write_json, reporting_write_errors
+from transferset.trust import safe_load
+from transferset.io import atomic_write, atomic_write_json, reporting_write_errors
 
 if TYPE_CHECKING:
     from train.config import TrainConfig
@@ -64,9 +64,12 @@ def checkpoint_path(directory: Path, step: int) -> Path:
     return directory / f"step-{step:08d}.pt"
 
 
-def save_checkpoint(directory: Path, state: dict[str, Any], keep: int = 2) -> Path:
+def save_checkpoint(directory: Path, state: dict[str, Any], keep: int = 2, *, world: World = SINGLE_PROCESS) -> None:
     """Atomically write `state` as the checkpoint of `state["position"]["step"]`;
-    then delete all but the newest `keep` checkpoints."""
+    then delete all but the newest `keep` checkpoints. Only the main process
+    (rank 0) writes: every rank holds the same weights."""
+    if not world.is_main:
+        return
     path = checkpoint_path(directory, state["position"]["step"])
     with reporting_write_errors(directory):
         directory.mkdir(parents=True, exist_ok=True)
@@ -76,7 +79,6 @@ def save_checkpoint(directory: Path, state: dict[str, Any], keep: int = 2) -> Pa
     with reporting_write_errors(directory):
         for old in list_checkpoints(directory)[:-keep] if keep > 0 else []:
             old.unlink(missing_ok=True)
-    return path
 
 
 def list_checkpoints(directory: Path) -> list[Path]:
@@ -88,22 +90,20 @@ def list_checkpoints(directory: Path) -> list[Path]:
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu", trust: bool = False) -> dict[str, Any]:
-    """Load with weights_only=True; a damaged or foreign file is a UserError.
+    """Load through `transferset.trust.safe_load` (weights_only=True unless `trust`);
+    a missing, damaged or foreign file is a UserError.
 
     Our checkpoints hold only tensors and plain types, so they never need full
     unpickling; a file that does (it can run code while loading) is refused
     unless the user passes --trust-checkpoint.
     """
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=not trust)
-    except FileNotFoundError:
-        raise UserError(f"checkpoint {str(path)!r} does not exist; drop --resume or point it at a file in RUN/checkpoints/") from None
-    except pickle.UnpicklingError as error:
-        if not needs_full_unpickling(error):
-            raise UserError(f"{str(path)!r} is not a checkpoint torch can read (damaged or not a torch file); delete or replace it") from None
-        raise UserError(refusal(f"checkpoint {str(path)!r}")) from None
-    except Exception as error:  # unpickling errors come in many types
-        raise UserError(f"checkpoint {str(path)!r} cannot be read ({type(error).__name__}); delete it to resume from an earlier one") from None
+
+    def unreadable(error: BaseException) -> str:
+        if isinstance(error, FileNotFoundError):
+            return f"checkpoint {str(path)!r} does not exist; drop --resume or point it at a file in RUN/checkpoints/"
+        return f"checkpoint {str(path)!r} cannot be read ({type(error).__name__}); delete it to resume from an earlier one"
+
+    state = safe_load(path, what=f"checkpoint {str(path)!r}", unreadable=unreadable, trust=trust, map_location=map_location)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UserError(f"{str(path)!r} is not a transferset checkpoint")
     if state.get("version") != VERSION:

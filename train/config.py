@@ -25,9 +25,7 @@ from typing import Any
 from transferset.errors import UserError
 
 PRECISIONS = ("fp32", "bf16", "fp16")
-LOSSES = ("kd", "mse")  # train/losses.py; repeated here so config needs no torch
 OPTIMIZERS = ("sgd", "adamw")  # train/optim.py
-INPUT_FLAGS = ("input_column", "input_shape", "input_scale", "input_mean", "input_std", "transform")
 
 # Fields that do not change the trained weights: not part of the fingerprint.
 NOT_FINGERPRINTED = (
@@ -112,8 +110,10 @@ class TrainConfig:
             problems.append("--data needs --input-shape (and --input-column, default pixels) or --transform")
         if not self.out:
             problems.append("--out is required: the run directory")
-        if self.loss not in LOSSES:
-            problems.append(f"unknown --loss {self.loss!r}; use {' or '.join(LOSSES)}")
+        from train.losses import SOFT_LOSSES  # the registry (imports torch; validate runs once)
+
+        if self.loss not in SOFT_LOSSES:
+            problems.append(f"unknown --loss {self.loss!r}; use {' or '.join(SOFT_LOSSES)}")
         if self.optimizer not in OPTIMIZERS:
             problems.append(f"unknown --optimizer {self.optimizer!r}; use {' or '.join(OPTIMIZERS)}")
         if self.precision not in PRECISIONS:
@@ -167,9 +167,12 @@ class TrainConfig:
     def resolved_weight_decay(self) -> float:
         return self.weight_decay if self.weight_decay is not None else {"sgd": 0.0, "adamw": 0.01}[self.optimizer]
 
-    def check_data(self, *, has_targets: bool, num_labelled: int, combine: str | None, stored_temperature: float | None) -> None:
+    def check_data(self, *, has_targets: bool, num_labelled: int, combine: str | None, stored_temperature: float | None,
+                   target_kind: str | None = None, kind_losses: tuple[str, ...] = ()) -> None:
         """Checks that need the opened data; all problems in one error."""
         problems = []
+        if has_targets and self.loss not in kind_losses:
+            problems.append(f"--loss {self.loss} does not apply to {target_kind} targets; use --loss {' or '.join(kind_losses)}")
         if has_targets:
             if self.resolved_alpha < 1 and num_labelled == 0:
                 problems.append(f"--alpha {self.alpha} asks for a hard-label term but the transfer set has no labelled rows; use --alpha 1")

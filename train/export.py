@@ -15,18 +15,16 @@ from pathlib import Path
 import torch
 
 from transferset.errors import UserError, first_line
-from transferset.manifest import atomic_write
+from transferset.io import atomic_write
 
 STATE_DICT = "student.pt"
 PROGRAM = "student.pt2"
 
 
-def save_state_dict(model: torch.nn.Module, out: Path) -> Path:
+def save_state_dict(model: torch.nn.Module, out: Path) -> None:
     """CPU copy of the state dict, written atomically (a full disk: one line, no temp file left)."""
-    path = out / STATE_DICT
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    atomic_write(path, lambda f: torch.save(state, f))
-    return path
+    atomic_write(out / STATE_DICT, lambda f: torch.save(state, f))
 
 
 def export_program(model: torch.nn.Module, example: torch.Tensor, out: Path) -> Path:
@@ -56,8 +54,3 @@ def export_program(model: torch.nn.Module, example: torch.Tensor, out: Path) -> 
     # gives the same bytes, and the same sha256 as a teacher.
     atomic_write(path, lambda f: torch.export.save(program, f))
     return path
-
-
-def load_program(path: Path) -> torch.nn.Module:
-    """The exported student as a callable module (what a teacher loader does)."""
-    return torch.export.load(str(path)).module()

@@ -23,11 +23,12 @@ their relative weight when T changes.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from transferset.errors import UserError
 
-LOSSES = ("kd", "mse")
 
 
 def _at_least_f32(x: torch.Tensor) -> torch.Tensor:
@@ -80,9 +81,38 @@ def logit_mse_loss(student_logits: torch.Tensor, target_logits: torch.Tensor) ->
     return (s - t).pow(2).mean()
 
 
+# Soft losses by name (`--loss`): (student logits [B, C], the target codec's decoded
+# targets {name: [B, ...]}, T) -> scalar. A target kind names the losses it can feed
+# (codec.losses); `register_loss` adds one (docs/architecture.md, "a new loss").
+SoftLoss = Callable[[torch.Tensor, dict, float], torch.Tensor]
+SOFT_LOSSES: dict[str, SoftLoss] = {
+    "kd": lambda s, targets, temperature: soft_kl_loss(s, targets["target_logits"], temperature),
+    "mse": lambda s, targets, temperature: logit_mse_loss(s, targets["target_logits"]),
+}
+
+
+def register_loss(name: str, loss: SoftLoss, kinds: tuple[str, ...] = ("dense",)) -> None:
+    """Add a soft loss, fed by the target kinds `kinds` (their codecs then list it)."""
+    from transferset.format.codecs import get_codec
+
+    SOFT_LOSSES[name] = loss
+    for kind in kinds:
+        codec = get_codec(kind)
+        codec.losses = tuple(dict.fromkeys([*codec.losses, name]))
+
+
+def unregister_loss(name: str) -> None:
+    from transferset.format.codecs import get_codec, kinds
+
+    SOFT_LOSSES.pop(name, None)
+    for kind in kinds():
+        codec = get_codec(kind)
+        codec.losses = tuple(n for n in codec.losses if n != name)
+
+
 def distillation_loss(
     student_logits: torch.Tensor,
-    target_logits: torch.Tensor | None,
+    targets: dict[str, torch.Tensor] | torch.Tensor | None,
     labels: torch.Tensor,
     *,
     alpha: float,
@@ -93,24 +123,21 @@ def distillation_loss(
 
     The parts are detached scalar tensors (no host sync per step on a GPU).
 
-    soft = soft_kl_loss (kind "kd") or logit_mse_loss (kind "mse");
-    hard = hard_ce_loss. Without target logits (plain labelled data) the loss is
+    soft = SOFT_LOSSES[kind] (kd: soft_kl_loss, mse: logit_mse_loss) on `targets`
+    (the codec's decoded dict; a bare tensor means dense target logits);
+    hard = hard_ce_loss. Without targets (plain labelled data) the loss is
     the hard term alone, whatever alpha is. A term whose weight is 0 is not
     computed at all (so alpha = 1 never needs a label, alpha = 0 never a target).
     """
-    if target_logits is None:
+    if targets is None:
         hard = hard_ce_loss(student_logits, labels)
         return hard, {"soft": torch.zeros_like(hard.detach()), "hard": hard.detach()}
-    if kind not in LOSSES:
-        raise UserError(f"unknown --loss {kind!r}; use one of {', '.join(LOSSES)}")
+    if kind not in SOFT_LOSSES:
+        raise UserError(f"unknown --loss {kind!r}; use one of {', '.join(SOFT_LOSSES)}")
+    if isinstance(targets, torch.Tensor):
+        targets = {"target_logits": targets}
     zero = _at_least_f32(student_logits).sum() * 0.0
-    if alpha > 0:
-        if kind == "kd":
-            soft = soft_kl_loss(student_logits, target_logits, temperature)
-        else:
-            soft = logit_mse_loss(student_logits, target_logits)
-    else:
-        soft = zero
+    soft = SOFT_LOSSES[kind](student_logits, targets, temperature) if alpha > 0 else zero
     hard = hard_ce_loss(student_logits, labels) if alpha < 1 else zero
     loss = alpha * soft + (1.0 - alpha) * hard
     return loss, {"soft": soft.detach(), "hard": hard.detach()}

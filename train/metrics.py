@@ -23,6 +23,7 @@ from typing import Any, Iterable
 
 import torch
 
+from train.world import SINGLE_PROCESS, World
 from transferset.errors import UserError
 
 ECE_BINS = 15
@@ -136,8 +137,9 @@ def evaluate(
     return acc.result()
 
 
-def evaluate_sources(model: torch.nn.Module, sources: dict, *, batch_size: int, num_classes: int, device: torch.device) -> dict[str, Any]:
-    """Evaluate on each `train.stream.StreamSource` in `sources` ({path: source}).
+def evaluate_sources(model: torch.nn.Module, sources: dict, *, batch_size: int, num_classes: int, world: World) -> dict[str, Any]:
+    """Evaluate on each `train.stream.StreamSource` in `sources` ({path: source}), all
+    of it, on `world.device`.
 
     Returns {"eval": {path: metrics}} plus the first source's scalar metrics at the
     top level (what the epoch table shows); {} without sources."""
@@ -146,7 +148,7 @@ def evaluate_sources(model: torch.nn.Module, sources: dict, *, batch_size: int, 
     results = {}
     for path, source in sources.items():
         batches = source.epoch(batch_size=batch_size, seed=0, epoch=0, shuffle=False)
-        results[path] = evaluate(model, batches, num_classes=num_classes, device=device, where=path)
+        results[path] = evaluate(model, batches, num_classes=num_classes, device=world.device, where=path)
     first = next(iter(results.values()))
     return {**{k: v for k, v in first.items() if not isinstance(v, list)}, "eval": results}
 
@@ -185,10 +187,12 @@ def parse_class_bias(items: list[str] | None, num_classes: int, class_names: lis
 
 
 class MetricsLog:
-    """`metrics.jsonl`: one JSON object per line, appended and flushed per epoch."""
+    """`metrics.jsonl`: one JSON object per line, appended and flushed per epoch.
+    Only the main process (rank 0 of `world`) writes it."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, world: World = SINGLE_PROCESS) -> None:
         self.path = path
+        self.world = world
 
     def append(self, record: dict[str, Any]) -> None:
         # Rewritten whole and atomically (it is a line per epoch): a full disk or a
@@ -211,8 +215,10 @@ class MetricsLog:
         self._write([r for r in self.read() if r.get("step", 0) <= step])
 
     def _write(self, records: list[dict[str, Any]]) -> None:
-        from transferset.manifest import atomic_write
+        from transferset.io import atomic_write
 
+        if not self.world.is_main:
+            return
         text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
         atomic_write(self.path, lambda f: f.write(text.encode()))
 
@@ -233,11 +239,12 @@ EPOCH_COLUMNS = (
 
 
 class EpochTable:
-    """A rich table grown one row per epoch on a terminal; plain lines otherwise."""
+    """A rich table grown one row per epoch on a terminal; plain lines otherwise.
+    Shown by the main process (rank 0 of `world`) only."""
 
-    def __init__(self, quiet: bool = False, stream=None) -> None:
+    def __init__(self, quiet: bool = False, stream=None, world: World = SINGLE_PROCESS) -> None:
         self.stream = stream or sys.stderr
-        self.quiet = quiet
+        self.quiet = quiet or not world.is_main
         self.rich = not quiet and self.stream.isatty()
         self.header_shown = False
 

@@ -27,7 +27,6 @@ from torch import nn
 from transferset.errors import UserError, first_line
 from transferset.inputs import load_callable
 
-DEFAULT_STUDENT = "train.students:mlp"
 TRAINER_KEYWORDS = ("num_classes", "input_shape")
 
 

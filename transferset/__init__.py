@@ -1,9 +1,10 @@
 """transferset: offline knowledge distillation.
 
-Data flow of stage 1 (generate):
-    sources.py (rows) -> teachers.py (batches -> logits) -> combine.py (targets)
-    -> writer.py (Parquet shards) -> manifest.py (the set is complete)
-Stage 2 lives in the `train` package and never imports teachers.py.
+Stage 1 (generate): sources.py (rows) -> teachers/ (named tensors -> logits)
+-> combine.py (targets) -> format/codecs/ (columns) -> generate/ (shards, by an
+engine) -> format/manifest.py (the set is complete). Stage 2 lives in the
+`train` package, reads sets only through `transferset.format`, and never imports
+`transferset.teachers`. docs/architecture.md maps every module.
 """
 
 __version__ = "0.1.0"

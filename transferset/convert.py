@@ -1,175 +1,38 @@
-"""Arrays on disk (.npy, .npz, MNIST-style IDX) -> a Parquet *source*.
+"""Arrays on disk (.npy, .npz, MNIST-style IDX) -> a Parquet *source* for generate and train.
 
-A source is what `generate` and `train` read: one input column of fixed-size
-numeric lists, an optional nullable int32 label column, and a `row` column with
-each row's index in the original files (a stable `--id-column`):
+The data flow, one module per stage:
 
-    <input>  fixed_size_list<element dtype>[prod(shape[1:])], not null
-    <label>  int32, nullable (absent for an unlabelled source)
-    row      int64, not null
+    transferset/arrays.py         read the files, strictly (truncation, magic, trailing bytes)
+    here                          check the arrays, pick the rows (--rows, --exclude-class),
+                                  decide columns and dtype, record provenance
+    transferset/source_writer.py  the source's Parquet layout; encode one row group at a time
+    transferset/io.atomic_write   publish: a temp file in the same folder, fsync, rename
 
-The per-row shape, the source files and their sha256 ride in the Parquet
-key-value metadata under `transferset.convert` (JSON).
+so a `.parquet` at the output path is always whole, and a write the file system
+refuses (disk full, read-only) is a one-line error naming the file.
 
 Memory: the input array is memory-mapped (.npy, plain IDX) or held once as
 decompressed bytes (.gz IDX, .npz members); on top of that only one row group of
-converted rows exists at a time. The file is written under a temporary name and
-renamed when complete, so a `.parquet` at the output path is always whole.
+converted rows exists at a time.
 """
 
 from __future__ import annotations
 
-import gzip
-import json
 import math
 import os
-import zipfile
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Iterator
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from transferset.arrays import load_array
 from transferset.errors import UserError
-from transferset.manifest import file_sha256
-from transferset.progress import progress
+from transferset.io import atomic_write, file_sha256
+from transferset.source_writer import ROW_COLUMN, output_schema, write_row_groups
 
-METADATA_KEY = b"transferset.convert"
-ROW_COLUMN = "row"
 DTYPES = ("float16", "float32", "float64")
-SUPPORTED = ".npy, .npz (name the array with a key), IDX (e.g. train-images-idx3-ubyte or x.idx, plain or .gz)"
-
-# IDX type code -> element type. Multi-byte values are big-endian on disk.
-IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-GZIP_MAGIC = b"\x1f\x8b"
-
-
-# -- reading arrays ---------------------------------------------------------------
-
-
-def file_kind(path: Path) -> str:
-    """'npy', 'npz' or 'idx' from the file name; anything else is refused."""
-    name = path.name.lower()
-    stem = name[:-3] if name.endswith(".gz") else name
-    if name.endswith(".npy"):
-        return "npy"
-    if name.endswith(".npz"):
-        return "npz"
-    if "idx" in stem:  # train-images-idx3-ubyte, images.idx3-ubyte, x.idx
-        return "idx"
-    raise UserError(f"{path}: unknown file type; convert reads {SUPPORTED}")
-
-
-def load_array(path: str | os.PathLike, key: str | None = None, flag: str = "--images") -> np.ndarray:
-    """The array stored in `path` (an npz member when `key` is given), not copied where avoidable."""
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"{flag} {path} does not exist; check the path")
-    if path.is_dir():
-        raise UserError(f"{flag} {path} is a directory; give the array file")
-    kind = file_kind(path)
-    if key is not None and kind != "npz":
-        raise UserError(f"{flag}-key {key!r} only applies to .npz archives, but {path} is {kind}; drop {flag}-key")
-    if kind == "npy":
-        return _load_npy(path)
-    if kind == "npz":
-        return _load_npz_member(path, key, flag)
-    return read_idx(path)
-
-
-def _load_npy(path: Path) -> np.ndarray:
-    # Read the header ourselves so that a truncated file gets a precise message
-    # (np.load's mmap only says "mmap length is greater than file size").
-    try:
-        with open(path, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            shape, _fortran, dtype = read_header(f)
-            data_start = f.tell()
-    except (ValueError, OSError, EOFError) as error:
-        raise UserError(f"{path} is not a readable .npy file ({error}); re-save it with numpy.save") from None
-    if dtype.hasobject or dtype.fields is not None:
-        raise UserError(f"{path} holds {dtype} values, not plain numbers; save a numeric array with numpy.save")
-    expected = data_start + math.prod(shape) * dtype.itemsize
-    actual = path.stat().st_size
-    if actual < expected:
-        raise UserError(f"{path} is truncated: the header promises {expected:,} bytes but the file has {actual:,}; re-create it")
-    return np.load(path, mmap_mode="r", allow_pickle=False)
-
-
-def _load_npz_member(path: Path, key: str | None, flag: str) -> np.ndarray:
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            keys = list(archive.files)
-            if key is None or key not in keys:
-                what = f"has no array {key!r}" if key is not None else "is an .npz archive"
-                raise UserError(f"{path} {what}; name one with {flag}-key (it has: {', '.join(keys) or 'no arrays'})")
-            return archive[key]
-    except UserError:
-        raise
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as error:
-        raise UserError(f"{path} is not a readable .npz archive ({error}); re-save it with numpy.savez") from None
-
-
-def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """Parse an IDX file (plain or gzipped) strictly: magic, dims, exact data length.
-
-    Layout: 2 zero bytes, a type code (IDX_TYPES), the number of dims N, then N
-    big-endian uint32 dims, then prod(dims) big-endian values. Returns a
-    big-endian read-only view; callers convert row groups to native order.
-    """
-    path = Path(path)
-    with open(path, "rb") as raw:
-        gzipped = raw.read(2) == GZIP_MAGIC
-    if gzipped:
-        try:
-            with gzip.open(path, "rb") as f:
-                return _parse_idx_stream(f, path)
-        except (OSError, EOFError, zlib.error) as error:
-            raise UserError(f"{path} is truncated or not valid gzip ({error}); download it again") from None
-    with open(path, "rb") as f:
-        dims, dtype, header_len = _parse_idx_header(f, path)
-    expected = header_len + math.prod(dims) * dtype.itemsize
-    _check_length(path, path.stat().st_size, expected)
-    if math.prod(dims) == 0:
-        return np.zeros(dims, dtype=dtype)
-    return np.memmap(path, dtype=dtype, mode="r", offset=header_len, shape=dims)
-
-
-def _parse_idx_stream(f, path: Path) -> np.ndarray:
-    dims, dtype, header_len = _parse_idx_header(f, path)
-    nbytes = math.prod(dims) * dtype.itemsize
-    data = f.read(nbytes)
-    trailing = len(f.read(1)) if len(data) == nbytes else 0
-    _check_length(path, header_len + len(data) + trailing, header_len + nbytes)
-    return np.frombuffer(data, dtype=dtype).reshape(dims)
-
-
-def _parse_idx_header(f, path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
-    magic = f.read(4)
-    if len(magic) < 4 or magic[:2] != b"\0\0" or magic[2] not in IDX_TYPES or magic[3] == 0:
-        shown = " ".join(f"{b:02x}" for b in magic) or "nothing"
-        raise UserError(
-            f"{path} is not an IDX file (starts with {shown}; IDX starts 00 00 <type 08/09/0b/0c/0d/0e> <dims>); "
-            f"convert reads {SUPPORTED}"
-        )
-    ndim = magic[3]
-    raw_dims = f.read(4 * ndim)
-    if len(raw_dims) < 4 * ndim:
-        raise UserError(f"{path} is truncated inside its IDX header ({ndim} dims promised); download it again")
-    dims = tuple(int(d) for d in np.frombuffer(raw_dims, dtype=">u4"))
-    return dims, np.dtype(IDX_TYPES[magic[2]]), 4 + 4 * ndim
-
-
-def _check_length(path: Path, actual: int, expected: int) -> None:
-    if actual < expected:
-        raise UserError(f"{path} is truncated: its IDX header promises {expected:,} bytes but it holds {actual:,}; download it again")
-    if actual > expected:
-        raise UserError(f"{path} has {actual - expected:,} bytes after the data its IDX header describes; the file is damaged, download it again")
-
 
 
 # -- options and checks -----------------------------------------------------------
@@ -268,33 +131,51 @@ def _check_images(images: np.ndarray, where: str) -> None:
         raise UserError(f"{where} is empty (shape {images.shape}); there is nothing to convert")
 
 
-def _selected_rows(n: int, labels: np.ndarray | None, options: ConvertOptions) -> tuple[int, int, np.ndarray | None, int]:
-    """(start, stop, explicit row indices or None for the whole range, rows excluded)."""
+@dataclass(frozen=True)
+class RowSelection:
+    """The input rows to write: [start, stop), minus excluded classes when `indices` is set."""
+
+    start: int
+    stop: int
+    indices: np.ndarray | None  # explicit row indices, or None for the whole range
+    excluded: int  # rows of [start, stop) left out by --exclude-class
+
+    @property
+    def count(self) -> int:
+        return self.stop - self.start if self.indices is None else int(self.indices.size)
+
+    def blocks(self, images: np.ndarray, rows_per_block: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(row ids [n], images[row ids]) per block of at most `rows_per_block` rows.
+
+        A plain range is sliced, so a memory-mapped array is read one block at a time.
+        """
+        for first in range(0, self.count, rows_per_block):
+            last = min(first + rows_per_block, self.count)
+            if self.indices is None:
+                row_ids = np.arange(self.start + first, self.start + last, dtype=np.int64)
+                yield row_ids, images[self.start + first : self.start + last]
+            else:
+                row_ids = self.indices[first:last]
+                yield row_ids, images[row_ids]
+
+
+def select_rows(n: int, labels: np.ndarray | None, options: ConvertOptions) -> RowSelection:
+    """The rows of an input with `n` rows that --rows and --exclude-class keep."""
     start, stop = options.rows if options.rows is not None else (None, None)
     start = 0 if start is None else start
     stop = n if stop is None else stop
     if stop > n or start >= stop:
         raise UserError(f"--rows {start}:{stop} does not select rows of an input with {n:,} rows; use START < STOP <= {n}")
     if not options.exclude_classes:
-        return start, stop, None, 0
+        return RowSelection(start, stop, None, 0)
     keep = ~np.isin(labels[start:stop], np.asarray(options.exclude_classes, dtype=np.int64))
     indices = np.flatnonzero(keep) + start
     if indices.size == 0:
         raise UserError(f"--exclude-class {list(options.exclude_classes)} leaves no rows in {start}:{stop}; exclude fewer classes")
-    return start, stop, indices, int(stop - start - indices.size)
+    return RowSelection(start, stop, indices, int(stop - start - indices.size))
 
 
 # -- writing ----------------------------------------------------------------------
-
-
-def output_schema(options: ConvertOptions, value_type: pa.DataType, size: int, labelled: bool, metadata: dict) -> pa.Schema:
-    # Non-nullable inputs: FixedSizeListArray.flatten() silently drops null rows (measured on these machines).
-    fields = [pa.field(options.input_column, pa.list_(pa.field("element", value_type, nullable=False), size), nullable=False)]
-    if labelled:
-        fields.append(pa.field(options.label_column, pa.int32(), nullable=True))
-    fields.append(pa.field(ROW_COLUMN, pa.int64(), nullable=False))
-    encoded = json.dumps(metadata, sort_keys=True, separators=(",", ":")).encode()
-    return pa.schema(fields, metadata={METADATA_KEY: encoded})
 
 
 def write_source(
@@ -319,16 +200,13 @@ def write_source(
     if out.exists() and not options.overwrite:
         raise UserError(f"--out {out} already exists; pass --overwrite to replace it")
     _check_images(images, where)
-    n = images.shape[0]
     if labels is not None:
-        labels = check_labels(labels, labels_where, n, where)
+        labels = check_labels(labels, labels_where, images.shape[0], where)
     elif options.exclude_classes:
         raise UserError("--exclude-class needs labels; pass --labels (or --labels-key)")
-    start, stop, indices, excluded = _selected_rows(n, labels, options)
-    rows = stop - start if indices is None else int(indices.size)
+    selection = select_rows(images.shape[0], labels, options)
 
     shape = tuple(int(d) for d in images.shape[1:])
-    size = math.prod(shape)
     dtype = np.dtype(options.dtype) if options.dtype else images.dtype.newbyteorder("=")
     labelled = labels is not None and not options.drop_labels
     hint, note = input_shape_hint(shape)
@@ -339,72 +217,24 @@ def write_source(
         "input_column": options.input_column,
         "label_column": options.label_column if labelled else None,
         "id_column": ROW_COLUMN,
-        "rows": [start, stop],
+        "rows": [selection.start, selection.stop],
         "excluded_classes": sorted(set(options.exclude_classes)),
-        "num_rows": rows,
+        "num_rows": selection.count,
         "input_shape": hint,
         **(provenance or {}),
     }
-    schema = output_schema(options, pa.from_numpy_dtype(dtype), size, labelled, metadata)
+    label_column = options.label_column if labelled else None
+    schema = output_schema(options.input_column, label_column, pa.from_numpy_dtype(dtype), math.prod(shape), metadata)
+
+    def write(sink: BinaryIO) -> None:
+        blocks = selection.blocks(images, options.row_group_rows)
+        write_row_groups(sink, schema, blocks, labels if labelled else None, dtype, selection.count, where, quiet)
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    # A hidden name that no reader takes for a source; renamed into place when whole.
-    tmp = out.parent / f".{out.name}.{os.getpid()}.tmp"
-    try:
-        with pq.ParquetWriter(
-            tmp,
-            schema,
-            compression="zstd",
-            use_dictionary=_dictionary_columns(options, dtype, labelled),
-            write_statistics=[ROW_COLUMN] + ([options.label_column] if labelled else []),
-        ) as writer, progress("convert", total=rows, quiet=quiet) as bar:
-            for first in range(0, rows, options.row_group_rows):
-                last = min(first + options.row_group_rows, rows)
-                if indices is None:
-                    row_ids = np.arange(start + first, start + last, dtype=np.int64)
-                    block = images[start + first : start + last]
-                else:
-                    row_ids = indices[first:last]
-                    block = images[row_ids]
-                writer.write_batch(_batch(schema, block, row_ids, labels if labelled else None, dtype, size, where), row_group_size=last - first)
-                bar.advance(last - first)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return ConvertResult(out, rows, excluded, shape, dtype.name, labelled, hint, note, metadata)
-
-
-def _dictionary_columns(options: ConvertOptions, dtype: np.dtype, labelled: bool) -> list[str]:
-    """Columns worth dictionary encoding (a list of leaf paths, as pyarrow matches them).
-
-    Labels: a handful of distinct values. Inputs: only 8-bit integers, whose at most
-    256 values always fit the dictionary; measured on MNIST train (60k x 784 uint8),
-    zstd alone 14.7 MB, with a dictionary 10.6 MB, read speed the same (~0.3 s).
-    Wider types overflow the dictionary page and fall back after paying for the
-    attempt (floats: bigger and slower, measurements on these machines), so they stay plain.
-    """
-    columns = [options.label_column] if labelled else []
-    if dtype.itemsize == 1:
-        columns.append(f"{options.input_column}.list.element")
-    return columns
-
-
-def _batch(schema: pa.Schema, block: np.ndarray, row_ids: np.ndarray, labels: np.ndarray | None, dtype: np.dtype, size: int, where: str) -> pa.RecordBatch:
-    """One row group: block [n, *shape] -> [n, size] in native `dtype`, checked for NaN/Inf."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        values = np.ascontiguousarray(block.reshape(len(block), size), dtype=dtype)
-    if np.issubdtype(dtype, np.floating):
-        finite = np.isfinite(values).all(axis=1)
-        if not finite.all():
-            bad = int(row_ids[np.flatnonzero(~finite)[0]])
-            cause = "is out of range for " + dtype.name if np.isfinite(block[np.flatnonzero(~finite)[0]]).all() else "has NaN/Inf values"
-            raise UserError(f"{where}: row {bad} {cause}; clean the array (or drop the row with --rows) before converting")
-    columns = [pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), type=schema.field(0).type)]
-    if labels is not None:
-        columns.append(pa.array(labels[row_ids].astype(np.int32), type=pa.int32()))
-    columns.append(pa.array(row_ids, type=pa.int64()))
-    return pa.RecordBatch.from_arrays(columns, schema=schema)
+    # atomic_write writes `.NAME.tmp-PID` beside `out` (hidden: no reader takes it for a
+    # source) and renames it into place only when whole.
+    atomic_write(out, write)
+    return ConvertResult(out, selection.count, selection.excluded, shape, dtype.name, labelled, hint, note, metadata)
 
 
 # -- files in, file out -----------------------------------------------------------

@@ -104,7 +104,7 @@ class InputSpec:
 
         They sit next to the set's own columns, so a reserved name is refused here
         (generate calls this while checking its sources, before anything is written)."""
-        from transferset.schema import RESERVED_COLUMNS
+        from transferset.format.schema import RESERVED_COLUMNS
 
         fields = []
         for name in self.columns:

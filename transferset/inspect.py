@@ -5,73 +5,22 @@ objects per row): sizes, label coverage per source, ensemble and per-member
 accuracy against the labels, the soft targets' mean entropy, and how often
 the members agree.
 
-`shard_mismatch` is the check that every shard belongs to the manifest's set
-(the trainer and `verify` use it too, so polars is imported only by `summarize`).
+polars is imported only inside the functions (the trainer imports nothing here).
 """
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
 from transferset.errors import UserError, first_line
-from transferset.manifest import MANIFEST, Manifest, read_manifest
-from transferset.schema import LABEL, LOGITS, METADATA_KEY, SOURCE, TEACHER_LOGITS
+from transferset.format.codecs import get_codec
+from transferset.format.manifest import read_manifest
+from transferset.format.schema import LABEL, LOGITS, SOURCE, TEACHER_LOGITS
+from transferset.format.shards import check_shards_match
 
 if TYPE_CHECKING:
     import polars as pl
-
-# Provenance fields a shard must share with its manifest: they say how to decode the
-# shard and which configuration made it. `created` and `versions` are left out: two
-# independent writers that start at once each record their own.
-SHARD_KEYS = ("format", "schema_version", "target_kind", "num_classes", "temperature", "combine", "storage_dtype", "config_fingerprint")
-
-
-def shard_mismatch(manifest_provenance: dict[str, Any], shard_schema: pa.Schema) -> str | None:
-    """Why a shard (its Arrow schema, from the footer) is not part of this set, or None."""
-    raw = (shard_schema.metadata or {}).get(METADATA_KEY)
-    if raw is None:
-        return "has no transferset metadata (it is not a shard of a transfer set)"
-    try:
-        shard = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        shard = None
-    if not isinstance(shard, dict):
-        return "has damaged transferset metadata (not a JSON object)"
-    for key in SHARD_KEYS:
-        if key in manifest_provenance and shard.get(key) != manifest_provenance[key]:
-            return f"has {key} {shard.get(key)!r} but {MANIFEST} has {manifest_provenance[key]!r}"
-    return None
-
-
-def check_shards_match(manifest: Manifest) -> None:
-    """Refuse a set whose shards do not all come from the manifest's configuration
-    (e.g. shards of another schema version copied into the directory). Reads footers only."""
-    for path in manifest.shard_paths():
-        try:
-            shard_schema = pq.read_schema(path)
-        except (pa.ArrowInvalid, OSError) as error:
-            reason = first_line(error)
-            raise UserError(
-                f"{path} cannot be read as Parquet ({reason}); the transfer set is damaged: "
-                f"run `transferset verify {manifest.directory} --drop-bad` and rerun its generate"
-            ) from None
-        problem = shard_mismatch(manifest.provenance, shard_schema)
-        if problem:
-            raise UserError(mixed_shards_message(path, problem, manifest.directory))
-
-
-def mixed_shards_message(path: str | Path, problem: str, directory: str | Path) -> str:
-    return (
-        f"{path} {problem}: the directory mixes shards of different transfer sets or schema versions; "
-        f"run `transferset verify {directory} --drop-bad` and rerun its generate, or regenerate into an empty --out"
-    )
-
 
 def entropy_expr(temperature: float) -> pl.Expr:
     """Entropy (nats) of softmax(logits / T) per row, in float32 log space.
@@ -96,7 +45,7 @@ def summarize(directory: str) -> dict[str, Any]:
     frame = pl.scan_parquet(files)
     names = frame.collect_schema().names()
     kept = TEACHER_LOGITS in names
-    k = len(prov["teachers"])
+    k = len(prov.teachers)
     labelled = pl.col(LABEL).is_not_null()
 
     exprs = [
@@ -129,7 +78,7 @@ def summarize(directory: str) -> dict[str, Any]:
         ) from None
     size = sum(s.bytes for s in manifest.shards)
     teachers = []
-    for i, t in enumerate(prov["teachers"]):
+    for i, t in enumerate(prov.teachers):
         teachers.append({
             "name": t["name"], "format": t["format"], "weight": t["weight"], "sha256": t["sha256"],
             "accuracy": totals.get(f"teacher_{i}_accuracy"),
@@ -144,10 +93,12 @@ def summarize(directory: str) -> dict[str, Any]:
         "bytes": size,
         "bytes_per_row": size / max(totals["rows"], 1),
         "num_classes": manifest.num_classes,
-        "class_names": prov.get("class_names"),
+        "class_names": prov.class_names,
         "temperature": manifest.temperature,
         "combine": manifest.combine,
-        "storage_dtype": prov["storage_dtype"],
+        "storage_dtype": prov.storage_dtype,
+        "target_kind": prov.target_kind,
+        "target_bytes_per_row": get_codec(prov.target_kind).bytes_per_row(prov),
         "teachers": teachers,
         "teacher_logits_kept": kept,
         "ensemble_accuracy": totals["ensemble_accuracy"],
@@ -155,7 +106,7 @@ def summarize(directory: str) -> dict[str, Any]:
         "max_entropy_nats": math.log(manifest.num_classes),
         "members_agree": totals.get("members_agree"),
         "sources": per_source,
-        "created": prov.get("created"),
-        "device": prov.get("device"),
-        "versions": prov.get("versions"),
+        "created": prov.created,
+        "device": prov.device,
+        "versions": prov.versions,
     }

@@ -1,7 +1,7 @@
 """Source rows: the Parquet files a transfer set is generated from.
 
-`--source` takes files, directories (every *.parquet below, sorted) and globs.
-Each file is one `SourceFile` with a content fingerprint (SHA-256 of its bytes),
+`--source` takes files, directories and globs (`transferset.io.expand_parquet_paths`,
+the one rule every command uses). Each file is one `SourceFile` with a content fingerprint (SHA-256 of its bytes),
 so that row ids and the resume check do not depend on where the file lives.
 
 A row is labelled when the label column exists and is non-null there; a file
@@ -14,8 +14,6 @@ and a rerun reproduces it exactly.
 
 from __future__ import annotations
 
-import glob
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -26,7 +24,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from transferset.errors import UserError
-from transferset.manifest import file_sha256
+from transferset.io import file_sha256
+from transferset.labels import LabelStats
 
 
 @dataclass(frozen=True)
@@ -60,39 +59,6 @@ class ShardPlan:
         return self.stop - self.start
 
 
-def expand_sources(specs: list[str]) -> list[str]:
-    """Files, directories and globs -> a sorted list of files, each file once (by real path)."""
-    if not specs:
-        raise UserError("no --source given; pass a Parquet file, a directory of them, or a glob")
-    files: list[str] = []
-    seen: set[str] = set()
-    for spec in specs:
-        if os.path.isdir(spec):
-            # Skip _hidden and .hidden entries, as pyarrow.dataset does (and as the trainer's
-            # reader does): a transfer set's _shards/ or a writer's temp files are not sources.
-            found = sorted(
-                str(p) for p in Path(spec).rglob("*.parquet")
-                if p.is_file() and not any(part.startswith(("_", ".")) for part in p.relative_to(spec).parts)
-            )
-            if not found:
-                raise UserError(f"source directory {spec!r} holds no .parquet files")
-        elif os.path.isfile(spec):
-            found = [spec]
-        elif glob.has_magic(spec):
-            found = sorted(p for p in glob.glob(spec, recursive=True) if os.path.isfile(p))
-            if not found:
-                raise UserError(f"source glob {spec!r} matches no files")
-        else:
-            raise UserError(f"source {spec!r} does not exist; pass a Parquet file, a directory or a glob")
-        for f in found:
-            # The same file under two spellings (lab.parquet, ./lab.parquet, a symlink)
-            # would put every row in the set twice, under the same derived ids.
-            if os.path.realpath(f) not in seen:
-                seen.add(os.path.realpath(f))
-                files.append(f)
-    return files
-
-
 def open_source(path: str, label_column: str | None) -> SourceFile:
     try:
         meta = pq.ParquetFile(path).metadata
@@ -121,20 +87,12 @@ def open_source(path: str, label_column: str | None) -> SourceFile:
 
 def label_stats(source: SourceFile, label_column: str) -> tuple[int, int | None, int | None]:
     """(labelled rows, min label, max label), from one streamed column."""
-    if not source.has_label:
-        return 0, None, None
-    labelled, lo, hi = 0, None, None
-    f = pq.ParquetFile(source.path, pre_buffer=False, buffer_size=1 << 20)
-    for batch in f.iter_batches(batch_size=1 << 16, columns=[label_column]):
-        col = batch.column(0)
-        n = len(col) - col.null_count
-        if n == 0:
-            continue
-        labelled += n
-        mm = pc.min_max(col)
-        lo = mm["min"].as_py() if lo is None else min(lo, mm["min"].as_py())
-        hi = mm["max"].as_py() if hi is None else max(hi, mm["max"].as_py())
-    return labelled, lo, hi
+    stats = LabelStats()
+    if source.has_label:
+        f = pq.ParquetFile(source.path, pre_buffer=False, buffer_size=1 << 20)
+        for batch in f.iter_batches(batch_size=1 << 16, columns=[label_column]):
+            stats.update(batch.column(0))
+    return stats.labelled, stats.lo, stats.hi
 
 
 def check_unique_ids(files: list[str], id_column: str) -> None:

@@ -15,9 +15,7 @@ the next run deletes: never a file that looks finished but is not
 A write the file system refuses (disk full, read-only, ...) deletes the temp
 file and reaches the caller as a one-line UserError naming the shard.
 
-Encoding (measured, see docs/format.md): zstd level 1; float columns without
-dictionary and with BYTE_STREAM_SPLIT; no statistics on the logits columns
-(writing float16 statistics costs ~2x the write time and nobody filters on them).
+Encoding: `format.schema.parquet_options` (zstd-1, BYTE_STREAM_SPLIT floats).
 """
 
 from __future__ import annotations
@@ -31,8 +29,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from transferset.manifest import ShardRecord, file_sha256, shard_name, write_failure, write_shard_record
-from transferset.schema import LABEL, LOGITS, TEACHER_LOGITS
+from transferset.format.manifest import ShardRecord, shard_name, write_shard_record
+from transferset.format.schema import LABEL
+from transferset.io import file_sha256, write_failure
 
 QUEUE_DEPTH = 8  # batches in flight between the teacher loop and the writer
 
@@ -54,32 +53,31 @@ class _Close:
     index: int
 
 
-def parquet_options(schema: pa.Schema) -> dict:
-    float_leaves = []
-    for name in (LOGITS, TEACHER_LOGITS):
-        if name in schema.names:
-            depth = 2 if name == TEACHER_LOGITS else 1
-            float_leaves.append(name + ".list.element" * depth)
-    plain_columns = [n for n in schema.names if n not in (LOGITS, TEACHER_LOGITS)]
-    return {
-        "compression": "zstd",
-        "compression_level": 1,
-        # Dictionary only where values repeat (source path, label); float
-        # dictionaries make files bigger and slower (measured on these machines).
-        "use_dictionary": [n for n in ("source", LABEL) if n in schema.names],
-        "column_encoding": {leaf: "BYTE_STREAM_SPLIT" for leaf in float_leaves},
-        "write_statistics": plain_columns,
-    }
+def temp_path(directory: Path, index: int) -> Path:
+    """Where shard `index` is written before it is published."""
+    return directory / f".{shard_name(index)}.tmp-{os.getpid()}"
+
+
+def publish_shard(directory: Path, tmp: Path, index: int, rows: int, labelled: int) -> ShardRecord:
+    """fsync, checksum and rename a fully written temp file; then write its record."""
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    final = directory / shard_name(index)
+    record = ShardRecord(path=final.name, index=index, rows=rows, labelled_rows=labelled,
+                         bytes=tmp.stat().st_size, sha256=file_sha256(tmp))
+    os.replace(tmp, final)
+    write_shard_record(directory, record)
+    return record
 
 
 class ShardWriter:
     """Background writer of one writer's shards into `directory`."""
 
-    def __init__(self, directory: Path, schema: pa.Schema, row_group_rows: int) -> None:
+    def __init__(self, directory: Path, schema: pa.Schema, options: dict, row_group_rows: int) -> None:
         self.directory = directory
         self.schema = schema
         self.row_group_rows = row_group_rows
-        self.options = parquet_options(schema)
+        self.options = options
         self.records: list[ShardRecord] = []
         self._queue: queue.Queue = queue.Queue(maxsize=QUEUE_DEPTH)
         self._error: BaseException | None = None  # set by the thread, raised in the caller
@@ -90,7 +88,7 @@ class ShardWriter:
     # -- called from the teacher loop ------------------------------------------
 
     def open_shard(self, index: int) -> None:
-        self._put(_Open(index, self.directory / f".{shard_name(index)}.tmp-{os.getpid()}"))
+        self._put(_Open(index, temp_path(self.directory, index)))
 
     def write(self, index: int, batch: pa.RecordBatch) -> None:
         self._put(_Rows(index, batch))
@@ -154,7 +152,7 @@ class ShardWriter:
                 elif isinstance(item, _Close):
                     writer.close()
                     writer = None
-                    self.records.append(self._publish(current, rows, labelled))
+                    self.records.append(publish_shard(self.directory, current.tmp, current.index, rows, labelled))
                     current = None
         except BaseException as error:  # handed to the teacher loop, which re-raises it
             # A refused write (disk full, file-size limit, read-only, permissions) becomes
@@ -173,19 +171,3 @@ class ShardWriter:
                     current.tmp.unlink(missing_ok=True)
                 except OSError:
                     pass  # keep the write error; the next run deletes stale temp files
-
-    def _publish(self, shard: _Open, rows: int, labelled: int) -> ShardRecord:
-        with open(shard.tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        final = self.directory / shard_name(shard.index)
-        record = ShardRecord(
-            path=final.name,
-            index=shard.index,
-            rows=rows,
-            labelled_rows=labelled,
-            bytes=shard.tmp.stat().st_size,
-            sha256=file_sha256(shard.tmp),
-        )
-        os.replace(shard.tmp, final)
-        write_shard_record(self.directory, record)
-        return record

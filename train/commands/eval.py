@@ -30,16 +30,15 @@ def run(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    import torch
-
-    from train.export import STATE_DICT
     from train.checkpoint import CONFIG
-    from train.loop import open_eval_data
+    from train.data import open_eval_data
+    from train.export import STATE_DICT
     from train.metrics import evaluate, parse_class_bias
     from train.students import build_student
-    from transferset.devices import resolve_device
+    from train.world import World
     from transferset.errors import UserError
     from transferset.inputs import InputSpec
+    from transferset.trust import safe_load
 
     run_dir = Path(args.run_dir)
     if args.batch_size <= 0:
@@ -63,13 +62,13 @@ def run(args: argparse.Namespace) -> int:
     bias = parse_class_bias(args.class_bias, num_classes, resolved.get("class_names"))
 
     model = build_student(student, student_args, num_classes, input_shape)
-    try:
-        state = torch.load(run_dir / STATE_DICT, map_location="cpu", weights_only=True)
-    except Exception as error:  # damaged, truncated, or not a state dict at all
-        raise UserError(
-            f"{run_dir / STATE_DICT} cannot be read ({type(error).__name__}); it is damaged: "
-            f"rerun the same `transferset train` to write it again from the last checkpoint"
-        ) from None
+
+    def damaged(error: BaseException) -> str:  # truncated, not a torch file, or a pickle of other objects
+        return (f"{run_dir / STATE_DICT} cannot be read ({type(error).__name__}); it is damaged: "
+                f"rerun the same `transferset train` to write it again from the last checkpoint")
+
+    # trust=None: eval has no --trust-checkpoint, so a file that needs full unpickling is just damaged.
+    state = safe_load(run_dir / STATE_DICT, what=str(run_dir / STATE_DICT), unreadable=damaged, trust=None)
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as error:
@@ -79,10 +78,10 @@ def run(args: argparse.Namespace) -> int:
             f"{run_dir / STATE_DICT} does not fit the student {CONFIG} describes ({detail}); "
             f"one of the two was changed or copied from another run: rerun the run's `transferset train` command"
         ) from None
-    device = resolve_device(args.device)
+    device = World.detect(args.device).device
     model.to(device)
 
-    source = open_eval_data(args.data, InputSpec.from_dict(input_dict), args.label_column or label_column, num_classes)
+    source = open_eval_data(args.data, InputSpec.from_dict(input_dict), args.label_column or label_column, num_classes, what="--data")
     batches = source.epoch(batch_size=args.batch_size, seed=0, epoch=0, shuffle=False)
     metrics = evaluate(model, batches, num_classes=num_classes, device=device, class_bias=bias, where=args.data)
     result = {

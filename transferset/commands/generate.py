@@ -66,6 +66,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int, default=1024)
     g.add_argument("--shard-rows", type=int, default=131072, help="rows per Parquet shard")
     g.add_argument("--row-group-rows", type=int, default=32768, help="rows per Parquet row group")
+    g.add_argument("--engine", default="local", help="who runs the shard jobs: local (this process; default)")
     g.add_argument("--writer-index", type=int, default=0, help="this writer's index, for several independent writers")
     g.add_argument("--num-writers", type=int, default=1, help="how many independent writers share the shards")
 
@@ -99,14 +100,8 @@ def run(args: argparse.Namespace) -> int:
         num_writers=args.num_writers,
         overwrite=args.overwrite,
         trust_checkpoint=args.trust_checkpoint,
+        engine=args.engine,
         quiet=args.quiet,
     )
-    if args.id_column:
-        # Before anything is written: repeated or null ids break "every row exactly once"
-        # for consumers joining on id. (Belongs with generate's own source checks.)
-        from transferset.sources import check_unique_ids, expand_sources
-
-        cfg.validate()
-        check_unique_ids(expand_sources(cfg.sources), args.id_column)
     run_generate(cfg)
     return 0

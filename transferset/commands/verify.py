@@ -15,7 +15,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from transferset.errors import UserError
-    from transferset.verify import drop_bad, verify
+    from transferset.format.verify import drop_bad, verify
 
     manifest, problems = verify(args.directory)
     problems += _foreign_shards(manifest, {p.shard for p in problems})
@@ -36,8 +36,8 @@ def _foreign_shards(manifest, already_bad: set[str]) -> list:
     or schema version (a directory assembled from several sets): bad shards too."""
     import pyarrow.parquet as pq
 
-    from transferset.inspect import shard_mismatch
-    from transferset.verify import ShardProblem
+    from transferset.format.shards import shard_mismatch
+    from transferset.format.verify import ShardProblem
 
     found = []
     for record, path in zip(manifest.shards, manifest.shard_paths()):

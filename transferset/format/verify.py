@@ -13,35 +13,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
-from transferset.manifest import MANIFEST, RECORDS_DIR, Manifest, ShardRecord, file_sha256, read_manifest
+from transferset.format.manifest import MANIFEST, RECORDS_DIR, Manifest, read_manifest
+from transferset.format.shards import check_shard
 
 
 @dataclass(frozen=True)
 class ShardProblem:
     shard: str
     problem: str
-
-
-def check_shard(directory: Path, record: ShardRecord) -> str | None:
-    """What is wrong with one shard, or None."""
-    path = directory / record.path
-    if not path.is_file():
-        return "missing"
-    size = path.stat().st_size
-    if size != record.bytes:
-        return f"{'truncated' if size < record.bytes else 'grown'}: {size} bytes, manifest says {record.bytes}"
-    if file_sha256(path) != record.sha256:
-        return "checksum mismatch (the file was modified or damaged)"
-    try:
-        rows = pq.ParquetFile(path).metadata.num_rows
-    except (pa.ArrowInvalid, OSError) as error:
-        return f"unreadable Parquet ({error})"
-    if rows != record.rows:
-        return f"{rows} rows, manifest says {record.rows}"
-    return None
 
 
 def verify(directory: str | Path) -> tuple[Manifest, list[ShardProblem]]:

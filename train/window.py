@@ -1,0 +1,190 @@
+"""One shuffle window read from Parquet and converted once into tensors.
+
+stream.py plans which windows an epoch reads (order.py) and cuts batches out of
+them; this module does the reading and the conversion. For each window the reader
+
+* reads its row groups one at a time (`read_window`) (`read_row_group`, never a whole file; files
+  opened with `pre_buffer=False`: the default pre-buffering holds about the whole
+  file in memory, measurements on these machines);
+* converts each row group once into the window's tensors: inputs with the set's
+  `InputSpec` (the conversion the teachers saw) to float32 [rows, *shape], target
+  targets through the set's codec (`codec.decode`, then float32 in `put_targets`), labels int64 [rows] (-1 = none);
+* then gives a batch's rows by `index_select` (`WindowData.take`), which costs what
+  indexing tensors already in memory costs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+
+from train import order
+from transferset.errors import UserError, first_line
+from transferset.inputs import InputSpec
+from transferset.labels import LabelStats, check_label_range
+
+if TYPE_CHECKING:
+    from transferset.format.codecs import TargetCodec
+    from transferset.format.provenance import Provenance
+
+_READ_BUFFER = 1 << 20
+
+
+@dataclass(frozen=True)
+class RowGroup:
+    path: str
+    index: int  # row group index inside the file
+    rows: int
+    nbytes: int  # uncompressed Parquet size of all its columns (footer metadata)
+
+
+def open_parquet(path: str) -> pq.ParquetFile:
+    try:
+        return pq.ParquetFile(path, pre_buffer=False, buffer_size=_READ_BUFFER)
+    except (pa.ArrowException, OSError, ValueError) as error:
+        raise UserError(f"{path} cannot be read as Parquet ({first_line(error)}); the file is damaged or truncated: restore or regenerate it") from None
+
+
+def read_window(window: order.Window, extra: tuple, *, row_groups: list[RowGroup], input_spec: InputSpec, label_column: str,
+                codec: "TargetCodec | None", provenance: "Provenance | None", num_classes: int) -> "WindowData":
+    """Read a window's row groups (indices into `row_groups`) one at a time and convert
+    each straight into the window's tensors (peak: the window plus one row group in
+    Arrow form). `codec` None: plain labelled data, no targets."""
+    spec = input_spec
+    target_columns = codec.decode_columns(provenance) if codec else []
+    names = list(dict.fromkeys([*spec.columns, label_column, *target_columns, *extra]))
+    data = WindowData(window.rows)
+    input_tables, extra_tables, files, offset = [], [], {}, 0
+    for g in window.row_groups:
+        ref = row_groups[g]
+        pf = files.get(ref.path) or files.setdefault(ref.path, open_parquet(ref.path))
+        try:
+            table = pf.read_row_group(ref.index, columns=names)
+        except (pa.ArrowException, OSError, ValueError) as error:
+            raise UserError(f"{ref.path}: row group {ref.index} cannot be read ({first_line(error)}); the file is damaged or truncated: restore or regenerate it") from None
+        if table.num_rows != ref.rows:
+            raise UserError(f"{ref.path}: row group {ref.index} has {table.num_rows} rows, its footer says {ref.rows}; the file is damaged: restore or regenerate it")
+        rows = slice(offset, offset + ref.rows)
+        # Written through NumPy views: Arrow's buffers are read-only, and the assignment
+        # is the one copy (and the one float16 -> float32 conversion) these columns get.
+        data.labels.numpy()[rows] = _labels(table.column(label_column), label_column, num_classes, ref.path)
+        if codec:
+            data.put_targets(rows, codec.decode(table.select(target_columns), provenance, ref.path))
+        if spec.transform is None:
+            # The InputSpec conversion, once per row group instead of once per batch:
+            # batches then cost an index_select, as for data already in memory.
+            data.put_inputs(rows, spec.to_tensor(table, where=f"{ref.path} row group {ref.index}"))
+        else:
+            input_tables.append(table.select(list(spec.columns)))
+        if extra:
+            extra_tables.append(table.select(list(extra)))
+        offset += ref.rows
+        del table
+    if input_tables:
+        data.input_table = pa.concat_tables(input_tables).combine_chunks()
+    if extra_tables:
+        data.extra_table = pa.concat_tables(extra_tables).combine_chunks()
+    return data
+
+
+def _labels(column: pa.ChunkedArray, label_column: str, num_classes: int, path: str) -> np.ndarray:
+    """int64 [rows], -1 for null; refuses ids outside [0, num_classes)."""
+    stats = LabelStats().update(column)
+    check_label_range(stats.lo, stats.hi, num_classes,
+                      f"{path}: label {{label}} in column {label_column!r} is outside [0, {num_classes}); fix the labels or the number of classes")
+    # int64 first: -1 does not fit unsigned label types (the range check above bounds the values).
+    return pc.fill_null(column.cast(pa.int64()), -1).to_numpy()
+
+
+def _window_dtype(values: np.ndarray) -> torch.dtype:
+    """float32 for every float target (losses run in float32), the stored type otherwise (ids)."""
+    if np.issubdtype(values.dtype, np.floating):
+        return torch.float32
+    return torch.from_numpy(np.zeros(0, values.dtype)).dtype
+
+
+class WindowData:
+    """One window's rows as tensors, in local-row order (its row groups concatenated)."""
+
+    def __init__(self, rows: int) -> None:
+        self.rows = rows
+        self.labels = torch.empty(rows, dtype=torch.int64)
+        self.targets: dict[str, torch.Tensor] | None = None  # the codec's decoded targets, [rows, ...] each
+        self.inputs: torch.Tensor | None = None  # float32 [rows, *shape] (fixed-size inputs)
+        self.input_table: pa.Table | None = None  # input columns, for inputs through a transform
+        self.extra_table: pa.Table | None = None
+
+    def put_inputs(self, rows: slice, values: torch.Tensor) -> None:
+        if self.inputs is None and len(values) == self.rows:
+            self.inputs = values  # a one-row-group window: keep the converted tensor, no copy
+            return
+        if self.inputs is None:
+            self.inputs = torch.empty((self.rows, *values.shape[1:]), dtype=values.dtype)
+        self.inputs[rows] = values
+
+    def put_targets(self, rows: slice, decoded: dict[str, np.ndarray]) -> None:
+        """Copy one row group's decoded targets into the window's tensors. Floats become
+        float32 here: the one copy (and the one float16 -> float32 conversion) they get."""
+        if self.targets is None:
+            self.targets = {name: torch.empty((self.rows, *values.shape[1:]), dtype=_window_dtype(values))
+                            for name, values in decoded.items()}
+        for name, values in decoded.items():
+            self.targets[name].numpy()[rows] = values  # through a NumPy view: Arrow memory is read-only
+
+    def take(self, local: np.ndarray) -> "Rows":
+        index = torch.from_numpy(local)
+        arrow_index = pa.array(local) if self.input_table is not None or self.extra_table is not None else None
+        return Rows(
+            labels=self.labels.index_select(0, index),
+            targets={k: v.index_select(0, index) for k, v in self.targets.items()} if self.targets is not None else None,
+            inputs=self.inputs.index_select(0, index) if self.inputs is not None else None,
+            input_table=self.input_table.take(arrow_index) if self.input_table is not None else None,
+            extra=self.extra_table.take(arrow_index) if self.extra_table is not None else None,
+        )
+
+
+@dataclass
+class Rows:
+    """Gathered rows of one batch (or of the part of it that one window holds)."""
+
+    labels: torch.Tensor
+    targets: dict[str, torch.Tensor] | None
+    inputs: torch.Tensor | None
+    input_table: pa.Table | None
+    extra: pa.Table | None
+
+    @staticmethod
+    def concat(parts: list["Rows"]) -> "Rows":
+        def cat(values):
+            return None if values[0] is None else torch.cat(values)
+
+        def cat_tables(values):
+            return None if values[0] is None else pa.concat_tables(values).combine_chunks()
+
+        def cat_dicts(values):
+            return None if values[0] is None else {k: torch.cat([v[k] for v in values]) for k in values[0]}
+
+        return Rows(cat([p.labels for p in parts]), cat_dicts([p.targets for p in parts]), cat([p.inputs for p in parts]),
+                    cat_tables([p.input_table for p in parts]), cat_tables([p.extra for p in parts]))
+
+
+def extra_value(column: pa.ChunkedArray) -> Any:
+    """A columns_extra column of one batch: a tensor for numbers, a list otherwise."""
+    kind = column.type
+    try:
+        if pa.types.is_integer(kind) or pa.types.is_floating(kind):
+            if not column.null_count:
+                return torch.from_numpy(column.to_numpy().copy())  # a writable copy: Arrow memory is read-only
+        elif pa.types.is_fixed_size_list(kind) and (pa.types.is_integer(kind.value_type) or pa.types.is_floating(kind.value_type)):
+            if not column.null_count:
+                flat = np.concatenate([c.flatten().to_numpy(zero_copy_only=False) for c in column.chunks])
+                return torch.from_numpy(flat.reshape(len(column), kind.list_size))
+    except TypeError:  # a dtype torch has no tensor for (e.g. uint32 on old torch)
+        pass
+    return column.to_pylist()

@@ -1,0 +1,77 @@
+"""Target kinds as codecs: how one kind of soft target is stored and read back.
+
+A codec is the only code that knows a kind's columns. Generate hands it the
+combined targets of a batch and stores what it returns; the trainer hands it the
+target columns of a row group and gets tensors back; `inspect` asks it for bytes
+per row; the loss registry checks a loss against the names it supports. Adding a
+kind (top-k, sampled, views, per-token) is one new module here plus one
+`register(...)` line: nothing in generate, the writer, the stream or inspect
+branches on the kind.
+
+Readers refuse a kind they do not know (`get_codec`), naming the kinds they read.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+import pyarrow as pa
+
+from transferset.errors import UserError
+from transferset.registry import Registry
+
+if TYPE_CHECKING:
+    import torch
+
+    from transferset.format.provenance import Provenance
+
+
+class TargetCodec(Protocol):
+    kind: str
+    losses: tuple[str, ...]  # loss names (train/losses.py registry) this kind can feed
+
+    def arrow_fields(self, provenance: "Provenance") -> list[pa.Field]:
+        """The target columns every shard of such a set has, in order."""
+
+    def float_leaves(self, provenance: "Provenance") -> list[str]:
+        """Parquet leaf paths of float columns (written with BYTE_STREAM_SPLIT, no statistics)."""
+
+    def encode(self, targets: "torch.Tensor", members: "torch.Tensor | None", provenance: "Provenance") -> dict[str, pa.Array]:
+        """Columns for one batch: combined target logits [B, C] float32, member logits [K, B, C] or None."""
+
+    def decode_columns(self, provenance: "Provenance") -> list[str]:
+        """The columns `decode` reads (a trainer reads nothing else of the targets)."""
+
+    def decode(self, table: pa.Table, provenance: "Provenance", where: str) -> dict[str, np.ndarray]:
+        """Trainer arrays for a row group's `decode_columns`: name -> array [rows, ...]
+        (floats in any precision: the stream converts them to float32 once)."""
+
+    def decoded_bytes_per_row(self, provenance: "Provenance") -> float:
+        """Bytes per row of the decoded targets as the trainer holds them (window sizing)."""
+
+    def check_schema(self, schema: pa.Schema, provenance: "Provenance", where: str) -> None:
+        """Refuse a shard whose target columns do not match the provenance."""
+
+    def bytes_per_row(self, provenance: "Provenance") -> float:
+        """Uncompressed bytes of the target columns per row."""
+
+
+_CODECS: Registry[TargetCodec] = Registry(lambda codec: codec.kind, lambda kind, known: f"target kind {kind!r} is unknown")
+register = _CODECS.register
+unregister = _CODECS.unregister  # for tests that register their own
+kinds = _CODECS.names
+
+
+def get_codec(kind: Any, where: str = "transfer set") -> TargetCodec:
+    from transferset.format.provenance import RESERVED_TARGET_KINDS
+
+    if kind not in _CODECS:
+        known = "reserved for a newer transferset" if kind in RESERVED_TARGET_KINDS else "unknown"
+        raise UserError(f"{where}: target kind {kind!r} is {known}; this version reads {', '.join(kinds())}")
+    return _CODECS.get(kind)
+
+
+from transferset.format.codecs import dense  # noqa: E402  (registers itself)
+
+__all__ = ["TargetCodec", "register", "unregister", "get_codec", "kinds", "dense"]

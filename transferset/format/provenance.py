@@ -1,0 +1,134 @@
+"""Provenance: what a transfer set is and how it was made, as one typed record.
+
+Every shard's Parquet metadata (key `transferset`) and `_manifest.json` carry it as
+flat JSON; `Provenance.decode` validates before anything reads a field, and every
+reader uses the attributes, never string keys.
+
+The resume fingerprint is computed from `FINGERPRINTED`, a list of *field names of
+this class*: a setting that changes the stored values (the batch size changes float
+sums; the row-group size changes the files) can only be fingerprinted by being
+recorded here too (`tests/test_format.py` checks the list against the fields).
+Teachers and sources enter it by content (file hashes), not by path, so moving the
+data does not invalidate a resume.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from transferset.errors import UserError
+
+SCHEMA_VERSION = 1
+FORMAT_NAME = "transferset"
+COMBINE_METHODS = ("arithmetic", "geometric")
+STORAGE_DTYPES = ("float16", "float32")
+# Kinds a newer transferset may write: named so that the refusal can say so precisely.
+RESERVED_TARGET_KINDS = ("topk", "sampled", "views", "sequence")
+
+
+@dataclass(frozen=True)
+class Provenance:
+    # -- what the targets are (readers decode by these) --------------------------
+    target_kind: str
+    num_classes: int
+    temperature: float
+    combine: str
+    storage_dtype: str
+    teachers: list[dict]  # each: name, format, sha256, weight, spec, weights_file
+    sources: list[dict]  # each: path, fingerprint (sha256), rows, labelled_rows, labelled
+    input: dict  # the InputSpec the teachers saw (InputSpec.to_dict)
+    # -- settings that shape the stored values ---------------------------------------
+    class_names: list[str] | None = None
+    label_column: str | None = "label"
+    id_column: str | None = None
+    teacher_logits_kept: bool = False
+    shard_rows: int | None = None
+    row_group_rows: int | None = None  # None: a set written before this was recorded
+    batch_size: int | None = None
+    precision: str | None = None
+    num_writers: int = 1
+    target_options: dict = field(default_factory=dict)  # the codec's own settings (e.g. k of top-k)
+    extra: dict = field(default_factory=dict)  # settings a caller of the API adds
+    # -- record only ---------------------------------------------------------------------
+    rows: int | None = None
+    versions: dict = field(default_factory=dict)
+    device: str | None = None
+    created: str | None = None
+    config_fingerprint: str | None = None
+    logits: str = "softmax(logits / temperature) is the combined teacher distribution; rows shifted to max 0"
+    format: str = FORMAT_NAME
+    schema_version: int = SCHEMA_VERSION
+
+    def encode(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def encode_bytes(self) -> bytes:
+        return json.dumps(self.encode(), sort_keys=True, separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, raw: Any, where: str) -> "Provenance":
+        """Validate and type a decoded JSON object; `where` names the file in errors.
+        Keys this version does not know are ignored (a newer writer may add some)."""
+        validate(raw, where)
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in raw.items() if k in known})
+
+    @classmethod
+    def decode_bytes(cls, raw: bytes | str | None, where: str) -> "Provenance":
+        if raw is None:
+            raise UserError(f"{where} has no transferset metadata: it is not a transfer-set shard")
+        try:
+            decoded = json.loads(raw)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            raise UserError(f"{where}: transferset metadata is not valid JSON; the file is damaged, regenerate it") from None
+        return cls.decode(decoded, where)
+
+
+# Provenance fields that identify a set's content: the resume fingerprint. Every
+# name must be a field above (checked by a test), so nothing is hashed unrecorded.
+FINGERPRINTED = (
+    "target_kind", "temperature", "combine", "storage_dtype", "teachers", "sources", "input", "class_names",
+    "label_column", "id_column", "teacher_logits_kept", "shard_rows", "row_group_rows", "batch_size", "precision",
+    "num_writers", "target_options", "extra",
+)
+
+
+def fingerprint(values: dict[str, Any]) -> str:
+    """sha256 of exactly the FINGERPRINTED values (teachers and sources by content)."""
+    if set(values) != set(FINGERPRINTED):
+        raise ValueError(f"fingerprint needs exactly {FINGERPRINTED}, got {sorted(values)}")
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()
+
+
+def validate(provenance: Any, where: str) -> None:
+    """Check the fields every reader relies on, before anything uses them."""
+    from transferset.format.codecs import get_codec
+
+    if not isinstance(provenance, dict) or provenance.get("format") != FORMAT_NAME:
+        raise UserError(f"{where}: not transferset metadata (missing format={FORMAT_NAME!r})")
+    version = provenance.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise UserError(
+            f"{where}: transfer-set schema version {version!r} is not supported by this transferset "
+            f"(it reads version {SCHEMA_VERSION}); upgrade transferset or regenerate the set"
+        )
+    get_codec(provenance.get("target_kind"), where)
+    checks = [
+        ("num_classes", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 2),
+        ("temperature", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0),
+        ("combine", lambda v: v in COMBINE_METHODS),
+        ("storage_dtype", lambda v: v in STORAGE_DTYPES),
+        ("teachers", lambda v: isinstance(v, list) and len(v) >= 1 and all(isinstance(t, dict) for t in v)),
+        ("sources", lambda v: isinstance(v, list) and len(v) >= 1 and all(isinstance(s, dict) for s in v)),
+        ("input", lambda v: isinstance(v, dict)),
+    ]
+    for key, ok in checks:
+        if key not in provenance or not ok(provenance[key]):
+            raise UserError(f"{where}: transferset metadata field {key!r} is missing or invalid ({provenance.get(key)!r}); the file is damaged, regenerate it")
+    for key, kind in (("target_options", dict), ("extra", dict), ("versions", dict)):
+        if key in provenance and not isinstance(provenance[key], kind):
+            raise UserError(f"{where}: transferset metadata field {key!r} is not a JSON object; the file is damaged, regenerate it")

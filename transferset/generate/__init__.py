@@ -1,0 +1,107 @@
+"""Stage 1: run a teacher ensemble once over the sources, write a transfer set.
+
+The recipe (`run_generate`), top to bottom:
+
+    setup.py     sources, resume fingerprint, --out, teachers, provenance
+    plan         sources.plan_shards: a deterministic cut of every file into shards;
+                 this writer's share, minus the shards already finished
+    engine       engines.py runs the shard jobs (shard.py: read -> teachers ->
+                 combine -> codec -> Parquet) and publishes each shard with its record
+    publish      whoever sees every planned shard finished writes _manifest.json
+
+Resume: the shard plan and every batch boundary are pure functions of the
+configuration, so a rerun skips the finished shards and recomputes the rest to
+exactly the values an uninterrupted run would have written.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from transferset.devices import resolve_device
+from transferset.format.manifest import JOB, MANIFEST, RECORDS_DIR, Manifest, read_shard_records, shard_name, write_manifest
+from transferset.format.schema import target_schema
+from transferset.generate import setup
+from transferset.generate.config import GenerateConfig
+from transferset.generate.engines import get_engine
+from transferset.generate.setup import Context
+from transferset.generate.shard import ShardJob, generate_shard
+from transferset.io import reporting_write_errors
+from transferset.progress import progress, say
+from transferset.sources import ShardPlan, plan_shards
+
+__all__ = ["GenerateConfig", "run_generate", "generate_shard", "ShardJob", "Context", "prepare"]
+
+
+def run_generate(cfg: GenerateConfig) -> Manifest | None:
+    """Generate (or resume, or finish) a transfer set. Returns its manifest when complete."""
+    cfg.validate()
+    engine = get_engine(cfg.engine)
+    prepared = prepare(cfg)
+    if isinstance(prepared, Manifest):
+        return prepared
+    context = prepared
+    plans = plan_shards(context.sources, cfg.shard_rows)
+    finished = {i for i, r in read_shard_records(cfg.out).items() if (cfg.out / r.path).is_file()}
+    todo = [p for p in plans if p.index % cfg.num_writers == cfg.writer_index and p.index not in finished]
+    for stale in _stale_temp_files(cfg, todo):
+        with reporting_write_errors(stale):  # a read-only --out fails here first on a resume
+            stale.unlink()
+    if finished and todo:
+        say(f"resuming: {len(finished)} of {len(plans)} shards already written", cfg.quiet)
+
+    started = time.perf_counter()
+    rows_todo = sum(p.rows for p in todo)
+    with progress("generate", rows_todo, cfg.quiet) as bar:
+        engine.run([ShardJob(p, context) for p in todo], context, bar)
+    elapsed = time.perf_counter() - started
+    return _publish(cfg, context, plans, len(todo), rows_todo, elapsed)
+
+
+def prepare(cfg: GenerateConfig) -> Context | Manifest:
+    """Everything before the first shard: the shared Context, or the manifest of a
+    set that is already complete with this configuration."""
+    cfg.validate()
+    codec = setup.codec_for(cfg)
+    sources = setup.open_sources(cfg)
+    input_fields = setup.check_sources(cfg, sources)
+    config_key = setup.config_fingerprint(cfg, sources)
+    done_already = setup.prepare_out(cfg, config_key)
+    if done_already is not None:
+        return done_already
+    device = resolve_device(cfg.device)
+    teachers, weights = setup.load_teachers(cfg, device)
+    num_classes = setup.probe_num_classes(cfg, teachers, sources[0], device)
+    labelled = setup.labelled_rows(cfg, sources, num_classes)
+    fresh = setup.build_provenance(cfg, sources, teachers, weights, num_classes, labelled, device, config_key)
+    provenance = setup.recorded_provenance(cfg, fresh)
+    schema = target_schema(provenance, input_fields)
+    return Context(cfg, sources, teachers, weights, device, provenance, schema, codec)
+
+
+def _publish(cfg: GenerateConfig, context: Context, plans: list[ShardPlan], shards_done: int, rows_done: int,
+             elapsed: float) -> Manifest | None:
+    records = read_shard_records(cfg.out)
+    missing = [p.index for p in plans if p.index not in records]
+    if missing:
+        say(f"wrote {shards_done} shards ({rows_done:,} rows) in {elapsed:.1f} s; waiting for other writers: {len(missing)} shards missing", cfg.quiet)
+        return None
+    manifest = write_manifest(cfg.out, context.provenance, [records[p.index] for p in plans])
+    say(f"wrote {cfg.out}: {manifest.rows:,} rows, {len(plans)} shards, {rows_done / max(elapsed, 1e-9):,.0f} rows/s", cfg.quiet)
+    return manifest
+
+
+def _stale_temp_files(cfg: GenerateConfig, todo: list[ShardPlan]) -> list[Path]:
+    """Temp files a killed (or refused) write left behind, that no live writer can own:
+    those of the shards (and shard records) this writer is about to redo, and with a
+    single writer also those of `_job.json` / `_manifest.json`. Never read, but on a
+    disk that was full they hold the space the rerun needs."""
+    stale = []
+    for p in todo:
+        stale += cfg.out.glob(f".{shard_name(p.index)}.tmp-*")
+        stale += (cfg.out / RECORDS_DIR).glob(f".{Path(shard_name(p.index)).stem}.json.tmp-*")
+    if cfg.num_writers == 1:  # with several writers, another one may be writing these right now
+        stale += cfg.out.glob(f".{JOB}.tmp-*")
+        stale += cfg.out.glob(f".{MANIFEST}.tmp-*")
+    return stale

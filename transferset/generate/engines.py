@@ -1,0 +1,97 @@
+"""Engines: who runs the shard jobs, and where.
+
+An engine takes the shard jobs this writer owns and runs them to finished,
+published shards (the manifest is not its business). Engines differ only in
+how they call the steps of `shard.py`; every engine must produce the same
+stored values for the same jobs. Registered by name (`--engine`); an unknown
+name lists the known ones.
+
+`LocalEngine` runs in this process with three stages overlapping: a reader
+thread prefetches and converts input batches, the caller's thread runs the
+teachers, and the writer thread encodes and writes Parquet (pyarrow releases
+the GIL while it compresses). Bounded queues keep memory flat.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Iterator, Protocol
+
+from transferset.registry import Registry
+from transferset.format.schema import parquet_options
+from transferset.generate.setup import Context
+from transferset.generate.shard import ShardJob, label_batch, read_batches
+from transferset.progress import Progress
+from transferset.writer import ShardWriter
+
+
+class Engine(Protocol):
+    name: str
+
+    def run(self, jobs: list[ShardJob], context: Context, bar: Progress) -> None:
+        """Run every job to a published shard (with its record); advance `bar` by rows."""
+
+
+ENGINES: Registry[Engine] = Registry(lambda engine: engine.name, lambda name, known: f"unknown --engine {name!r}; use one of: {known}")
+register, unregister, get_engine = ENGINES.register, ENGINES.unregister, ENGINES.get
+
+
+class LocalEngine:
+    name = "local"
+    prefetch_depth = 2  # input batches read ahead of the teachers
+
+    def run(self, jobs: list[ShardJob], context: Context, bar: Progress) -> None:
+        options = parquet_options(context.schema, context.provenance)
+        writer = ShardWriter(context.cfg.out, context.schema, options, context.cfg.row_group_rows)
+        try:
+            for job in jobs:
+                writer.open_shard(job.plan.index)
+                for first_row, batch, x in prefetch(read_batches(job), self.prefetch_depth):
+                    writer.write(job.plan.index, label_batch(job, first_row, batch, x))
+                    bar.advance(batch.num_rows)
+                writer.close_shard(job.plan.index)
+            writer.finish()
+        except BaseException:
+            writer.abort()
+            raise
+
+
+def prefetch(iterator: Iterator, depth: int) -> Iterator:
+    """Run `iterator` on a thread, `depth` items ahead (reading overlaps teachers)."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        """Hand over an item unless the consumer has gone (then the thread ends
+        instead of blocking forever with the source file open)."""
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def fill():
+        try:
+            for item in iterator:
+                if not put(item):
+                    return
+            put(done)
+        except BaseException as error:
+            put(error)
+
+    thread = threading.Thread(target=fill, name="transferset-reader", daemon=True)
+    thread.start()
+    try:
+        while (item := q.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+
+
+register(LocalEngine())

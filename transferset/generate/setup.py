@@ -1,0 +1,231 @@
+"""Everything `generate` checks and decides before the first shard: the sources,
+the resume fingerprint, the output directory, the teachers and the provenance.
+
+Checks come in order of cost: flags and source footers first, then the
+fingerprint (so a finished or foreign --out answers before any teacher loads),
+then the teachers and one 4-row probe batch.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from transferset import __version__
+from transferset import teachers as teacher_lib
+from transferset.combine import normalised_weights
+from transferset.errors import UserError, first_line
+from transferset.format.codecs import TargetCodec, get_codec
+from transferset.format.manifest import JOB, MANIFEST, Manifest, read_manifest
+from transferset.format.provenance import Provenance, fingerprint
+from transferset.generate.config import GenerateConfig
+from transferset.io import atomic_write_json, expand_parquet_paths, reporting_write_errors
+from transferset.labels import check_label_range
+from transferset.progress import say
+from transferset.sources import ShardPlan, SourceFile, check_unique_ids, label_stats, open_source, read_shard_rows
+
+
+@dataclass
+class Context:
+    """What every shard of one run shares (read-only once built)."""
+
+    cfg: GenerateConfig
+    sources: list[SourceFile]
+    teachers: list[teacher_lib.Teacher]
+    weights: torch.Tensor  # [K] float32, summing to 1
+    device: torch.device
+    provenance: Provenance
+    schema: pa.Schema
+    codec: TargetCodec
+
+
+def open_sources(cfg: GenerateConfig) -> list[SourceFile]:
+    # A transfer set written inside a source directory must not become a source of its own rerun.
+    inside_out = lambda path: cfg.out.resolve() in Path(path).resolve().parents  # noqa: E731
+    paths = [path for path in expand_parquet_paths(cfg.sources, "source") if not inside_out(path)]
+    if not paths:
+        raise UserError(f"every --source file lies inside --out {str(cfg.out)!r}; give the source data, not the transfer set")
+    if cfg.id_column:
+        # Repeated or null ids break "every row exactly once" for consumers joining on id.
+        check_unique_ids(paths, cfg.id_column)
+    return [open_source(path, cfg.label_column) for path in paths]
+
+
+def check_sources(cfg: GenerateConfig, sources: list[SourceFile]) -> list[pa.Field]:
+    """The input fields every source stores (one Arrow type for all of them)."""
+    fields = None
+    seen: dict[str, str] = {}
+    for s in sources:
+        if not cfg.id_column and s.fingerprint in seen:
+            # Derived ids come from the content hash: two identical files would give every row twice under one id.
+            raise UserError(f"sources {seen[s.fingerprint]!r} and {s.path!r} have identical content; drop one, or give an --id-column")
+        seen[s.fingerprint] = s.path
+        cfg.input_spec.check_field(s.schema, f"source {s.path!r}")
+        _check_id_column(cfg, s)
+        these = cfg.input_spec.stored_fields(s.schema)
+        if fields is None:
+            fields = these
+        elif [f.type for f in these] != [f.type for f in fields]:
+            raise UserError(
+                f"source {s.path!r} stores its input as {these[0].type}, but {sources[0].path!r} as {fields[0].type}; "
+                f"convert the sources to one type"
+            )
+    return fields
+
+
+def _check_id_column(cfg: GenerateConfig, source: SourceFile) -> None:
+    if not cfg.id_column:
+        return
+    if cfg.id_column not in source.schema.names:
+        raise UserError(f"source {source.path!r} has no --id-column {cfg.id_column!r}; add it or drop the flag to use derived ids")
+    id_type = source.schema.field(cfg.id_column).type
+    if not (pa.types.is_integer(id_type) or pa.types.is_string(id_type) or pa.types.is_large_string(id_type)):
+        raise UserError(f"source {source.path!r}: --id-column {cfg.id_column!r} is {id_type}; ids must be integers or strings")
+
+
+def config_fingerprint(cfg: GenerateConfig, sources: list[SourceFile]) -> str:
+    """The resume key: the FINGERPRINTED provenance fields, teachers and sources by content."""
+    return fingerprint({
+        "target_kind": cfg.target_kind,
+        "temperature": cfg.temperature,
+        "combine": cfg.combine,
+        "storage_dtype": cfg.storage_dtype,
+        "teachers": [{**teacher_lib.fingerprint(t), "weight": t.ensemble_weight} for t in cfg.teachers],
+        "sources": [s.fingerprint for s in sources],
+        "input": cfg.input_spec.to_dict(),
+        "class_names": cfg.class_names,
+        "label_column": cfg.label_column,
+        "id_column": cfg.id_column,
+        "teacher_logits_kept": cfg.keep_teacher_logits,
+        "shard_rows": cfg.shard_rows,
+        "row_group_rows": cfg.row_group_rows,
+        "batch_size": cfg.batch_size,  # batch boundaries change float sums: resumed shards must match
+        "precision": cfg.precision,
+        "num_writers": cfg.num_writers,
+        "target_options": cfg.target_options,
+        "extra": cfg.extra,
+    })
+
+
+def prepare_out(cfg: GenerateConfig, config_key: str) -> Manifest | None:
+    """Make the output directory ready; refuse one that holds something else.
+    Returns the manifest when the set is already complete with this configuration."""
+    out = cfg.out
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {str(out)!r} is a file; give a directory path")
+    job = out / JOB
+    if out.exists() and any(out.iterdir()):
+        if not job.exists():
+            raise UserError(f"--out {str(out)!r} exists and is not a transfer set; choose another directory (it is never deleted)")
+        try:
+            existing = json.loads(job.read_text()).get("config_fingerprint")
+        except (ValueError, AttributeError, RecursionError):
+            existing = None
+        if existing != config_key:
+            if not cfg.overwrite:
+                raise UserError(
+                    f"--out {str(out)!r} holds a transfer set made with a different configuration; "
+                    f"use another --out, or --overwrite to replace it"
+                )
+            with reporting_write_errors(out):
+                shutil.rmtree(out)
+        elif (out / MANIFEST).exists():
+            say(f"{out} is already complete with this configuration; nothing to do", cfg.quiet)
+            return read_manifest(out)
+    # An unwritable or read-only --out fails here as one line (EACCES/EROFS), not a traceback.
+    with reporting_write_errors(out):
+        out.mkdir(parents=True, exist_ok=True)
+    return None
+
+
+def load_teachers(cfg: GenerateConfig, device: torch.device) -> tuple[list[teacher_lib.Teacher], torch.Tensor]:
+    teachers = [teacher_lib.load_teacher(spec, device, cfg.trust_checkpoint) for spec in cfg.teachers]
+    given = [s.ensemble_weight for s in cfg.teachers]
+    # --teacher-weight per member; members without one weigh 1 (None: all equal).
+    weights = None if all(w is None for w in given) else [1.0 if w is None else w for w in given]
+    return teachers, normalised_weights(weights, len(teachers))
+
+
+def probe_num_classes(cfg: GenerateConfig, teachers, source: SourceFile, device: torch.device) -> int:
+    """Run the ensemble on the first (at most 4) rows: the number of classes, and a
+    clear error for a teacher that does not fit the inputs."""
+    plan = ShardPlan(0, 0, 0, min(source.rows, 4))
+    _, batch = next(read_shard_rows(source, plan, list(cfg.input_spec.columns), 4))
+    x = cfg.input_spec.to_tensor(batch, f"source {source.path!r}").to(device)
+    try:
+        member = teacher_lib.run_teachers(teachers, named_inputs(cfg, x), cfg.precision)
+    except UserError:
+        raise
+    except Exception as error:
+        raise UserError(f"a teacher failed on the first input batch of shape {tuple(x.shape)} ({first_line(error)}); check --input-shape and the teacher") from None
+    if member.ndim != 3:  # [K, B, L, V]: per-token logits, which the row-level kinds cannot store
+        raise UserError(f"teacher {teachers[0].name!r} returned {tuple(member.shape[1:])} for a batch of {x.shape[0]}; a teacher must return "
+                        f"logits [batch, classes] (per-token [batch, length, vocab] logits need a per-token target kind, not {cfg.target_kind})")
+    num_classes = int(member.shape[-1])
+    if num_classes < 2:
+        raise UserError(f"teachers return {num_classes} class; distillation needs at least 2")
+    if cfg.class_names is not None and len(cfg.class_names) != num_classes:
+        raise UserError(f"--class-names has {len(cfg.class_names)} names but the teachers predict {num_classes} classes")
+    return num_classes
+
+
+def named_inputs(cfg: GenerateConfig, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The teacher batch: one tensor, named by its input column (or `inputs` after a --transform)."""
+    spec = cfg.input_spec
+    return {spec.columns[0] if spec.transform is None else "inputs": x}
+
+
+def labelled_rows(cfg: GenerateConfig, sources: list[SourceFile], num_classes: int) -> list[int]:
+    counts = []
+    for s in sources:
+        n, lo, hi = label_stats(s, cfg.label_column) if cfg.label_column else (0, None, None)
+        if n:
+            check_label_range(lo, hi, num_classes, f"source {s.path!r} has label {{label}}, outside [0, {num_classes}) for the teachers' "
+                              f"{num_classes} classes; fix the labels or the teachers")
+        counts.append(n)
+    return counts
+
+
+def build_provenance(cfg: GenerateConfig, sources, teachers, weights, num_classes: int, labelled: list[int],
+                     device: torch.device, config_key: str) -> Provenance:
+    import pyarrow
+
+    return Provenance(
+        target_kind=cfg.target_kind, num_classes=num_classes, temperature=float(cfg.temperature), combine=cfg.combine,
+        storage_dtype=cfg.storage_dtype,
+        teachers=[t.describe(float(w)) for t, w in zip(teachers, weights.tolist())],
+        sources=[s.describe(n) for s, n in zip(sources, labelled)],
+        input=cfg.input_spec.to_dict(), class_names=cfg.class_names, label_column=cfg.label_column, id_column=cfg.id_column,
+        teacher_logits_kept=cfg.keep_teacher_logits, shard_rows=cfg.shard_rows, row_group_rows=cfg.row_group_rows,
+        batch_size=cfg.batch_size, precision=cfg.precision, num_writers=cfg.num_writers, target_options=cfg.target_options,
+        extra=cfg.extra, rows=sum(s.rows for s in sources),
+        versions={"transferset": __version__, "torch": torch.__version__, "pyarrow": pyarrow.__version__,
+                  "numpy": np.__version__, "python": platform.python_version()},
+        device=str(device) if device.type == "cpu" else f"{device} ({torch.cuda.get_device_name(device)})",
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"), config_fingerprint=config_key,
+    )
+
+
+def recorded_provenance(cfg: GenerateConfig, fresh: Provenance) -> Provenance:
+    """The provenance of this set: the one `_job.json` recorded when an earlier run
+    (or another writer) started it, else `fresh`, recorded now."""
+    job_path = cfg.out / JOB
+    if job_path.exists():
+        try:
+            return Provenance.decode(json.loads(job_path.read_text())["provenance"], str(job_path))
+        except (ValueError, KeyError, TypeError, RecursionError):
+            raise UserError(f"{job_path} is damaged; delete --out {str(cfg.out)!r} (or pass --overwrite) and generate again") from None
+    atomic_write_json(job_path, {"config_fingerprint": fresh.config_fingerprint, "provenance": fresh.encode()})
+    return fresh
+
+
+def codec_for(cfg: GenerateConfig) -> TargetCodec:
+    return get_codec(cfg.target_kind, "--targets")

@@ -1,0 +1,122 @@
+"""One shard: read its rows, run the teachers, combine, encode, write.
+
+The work is split into pure steps that an engine composes:
+
+    read_batches(job)          source rows -> (first row, Arrow batch, input tensor)
+    label_batch(job, ...)      teachers -> combine -> codec -> one Arrow batch of the shard
+    generate_shard(job)        both, written straight to the shard file: -> ShardRecord
+
+`generate_shard` has no threads, queues or progress bars: it is what a Ray actor
+or any other engine calls per shard. `LocalEngine` (engines.py) runs the same two
+steps with a prefetch thread in front and the writer thread behind, so both
+produce the same bytes of every stored value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from transferset import teachers as teacher_lib
+from transferset.combine import combine
+from transferset.errors import UserError
+from transferset.format.manifest import ShardRecord, shard_name
+from transferset.format.schema import ID, LABEL, SOURCE, parquet_options
+from transferset.generate.setup import Context, named_inputs
+from transferset.io import write_failure
+from transferset.sources import ShardPlan, SourceFile, read_shard_rows
+from transferset.writer import publish_shard, temp_path
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    plan: ShardPlan
+    context: Context
+
+    @property
+    def source(self) -> SourceFile:
+        return self.context.sources[self.plan.source]
+
+
+def read_batches(job: ShardJob) -> Iterator[tuple[int, pa.RecordBatch, torch.Tensor]]:
+    cfg = job.context.cfg
+    spec = cfg.input_spec
+    columns = list(spec.columns)
+    if job.source.has_label:
+        columns.append(cfg.label_column)
+    if cfg.id_column and cfg.id_column not in columns:
+        columns.append(cfg.id_column)
+    pin = job.context.device.type == "cuda"
+    for first_row, batch in read_shard_rows(job.source, job.plan, columns, cfg.batch_size):
+        x = spec.to_tensor(batch, f"source {job.source.path!r}", first_row=first_row)
+        yield first_row, batch, (x.pin_memory() if pin else x)
+
+
+def label_batch(job: ShardJob, first_row: int, batch: pa.RecordBatch, x: torch.Tensor) -> pa.RecordBatch:
+    """The shard's rows for one input batch: ids, source, label, targets, inputs."""
+    ctx = job.context
+    pin = ctx.device.type == "cuda"
+    x = x.to(ctx.device, non_blocking=pin)
+    member = teacher_lib.run_teachers(ctx.teachers, named_inputs(ctx.cfg, x), ctx.cfg.precision)  # (K, B, C)
+    _check_finite(member, job, first_row)
+    target = combine(member, ctx.cfg.combine, ctx.cfg.temperature, ctx.weights)  # (B, C) float32
+    columns = {
+        ID: _ids(job, batch, first_row),
+        SOURCE: pa.array([job.source.path] * batch.num_rows, pa.string()),
+        LABEL: batch.column(ctx.cfg.label_column).cast(pa.int32()) if job.source.has_label else pa.nulls(batch.num_rows, pa.int32()),
+        **ctx.codec.encode(target, member, ctx.provenance),
+    }
+    spec = ctx.cfg.input_spec
+    for name in spec.columns:
+        column = batch.column(name)
+        columns[name] = spec.fixed_column(column, job.source.path, first_row=first_row) if spec.transform is None else column
+    return pa.RecordBatch.from_arrays([columns[f.name] for f in ctx.schema], schema=ctx.schema)
+
+
+def generate_shard(job: ShardJob) -> ShardRecord:
+    """Write one shard from scratch and publish it (temp file, fsync, rename, record)."""
+    ctx = job.context
+    tmp = temp_path(ctx.cfg.out, job.plan.index)
+    rows = labelled = 0
+    try:
+        with pq.ParquetWriter(tmp, ctx.schema, **parquet_options(ctx.schema, ctx.provenance)) as writer:
+            for first_row, batch, x in read_batches(job):
+                out = label_batch(job, first_row, batch, x)
+                writer.write_batch(out, row_group_size=ctx.cfg.row_group_rows)
+                rows += out.num_rows
+                labelled += out.num_rows - out.column(LABEL).null_count
+        return publish_shard(ctx.cfg.out, tmp, job.plan.index, rows, labelled)
+    except BaseException as error:
+        tmp.unlink(missing_ok=True)
+        refused = write_failure(error, ctx.cfg.out / shard_name(job.plan.index))
+        if refused is None:
+            raise
+        raise refused from error
+
+
+def _ids(job: ShardJob, batch: pa.RecordBatch, first_row: int) -> pa.Array:
+    id_column = job.context.cfg.id_column
+    if id_column:
+        ids = batch.column(id_column).cast(pa.string())
+        if ids.null_count:
+            raise UserError(f"source {job.source.path!r}: --id-column {id_column!r} has null values; every row needs an id")
+        return ids
+    prefix = job.source.fingerprint[:16]
+    return pa.array([f"{prefix}:{i}" for i in range(first_row, first_row + batch.num_rows)], pa.string())
+
+
+def _check_finite(member: torch.Tensor, job: ShardJob, first_row: int) -> None:
+    bad = ~torch.isfinite(member).all(dim=-1)  # (K, B)
+    if not bad.any():
+        return
+    k = int(bad.any(dim=1).nonzero()[0])
+    rows = bad[k].nonzero().flatten().cpu().tolist()
+    shown = ", ".join(str(first_row + r) for r in rows[:5]) + (" ..." if len(rows) > 5 else "")
+    raise UserError(
+        f"teacher {job.context.teachers[k].name!r} returned NaN/Inf logits for {len(rows)} rows of {job.source.path!r} "
+        f"(rows {shown}); check that teacher and those inputs (--input-scale/--input-mean/--input-std?)"
+    )
