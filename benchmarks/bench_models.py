@@ -3,7 +3,7 @@
 import torch
 
 
-def _mlp(seed: int, hidden=(1200, 1200), inputs=784, classes=10) -> torch.nn.Module:
+def mlp(seed: int, hidden=(1200, 1200), inputs=784, classes=10) -> torch.nn.Module:
     torch.manual_seed(seed)
     layers, width = [torch.nn.Flatten()], inputs
     for h in hidden:
@@ -14,15 +14,15 @@ def _mlp(seed: int, hidden=(1200, 1200), inputs=784, classes=10) -> torch.nn.Mod
 
 
 def mlp1200_a():
-    return _mlp(1)
+    return mlp(1)
 
 
 def mlp1200_b():
-    return _mlp(2)
+    return mlp(2)
 
 
 def mlp1200_c():
-    return _mlp(3)
+    return mlp(3)
 
 
 class _Trivial(torch.nn.Module):

@@ -192,7 +192,7 @@ def _generate_landing(out: Path) -> str:
     return ", ".join(parts)
 
 
-def _sorted_table(paths: list[Path]) -> pa.Table:
+def sorted_table(paths: list[Path]) -> pa.Table:
     table = pa.concat_tables([pq.read_table(p) for p in paths]).replace_schema_metadata(None)
     return table.sort_by("id").combine_chunks()
 
@@ -208,11 +208,11 @@ def _generate_partial(out: Path, reference: Path) -> list[str]:
     expected = {s.path: s for s in read_manifest(reference).shards}
     for shard in _published_shards(out):
         try:
-            got = _sorted_table([shard])
+            got = sorted_table([shard])
         except Exception as error:  # noqa: BLE001 - any failure to read is the finding
             problems.append(f"{shard.name} is published but unreadable ({type(error).__name__}: {error})")
             continue
-        problems += [f"{shard.name}: {p}" for p in _diff_columns(got, _sorted_table([reference / shard.name]))]
+        problems += [f"{shard.name}: {p}" for p in _diff_columns(got, sorted_table([reference / shard.name]))]
         if shard.name not in expected or got.num_rows != expected[shard.name].rows:
             problems.append(f"{shard.name} has {got.num_rows} rows, the reference's has {expected.get(shard.name)}")
     for record_path in (out / RECORDS_DIR).glob("part-*.json") if (out / RECORDS_DIR).is_dir() else []:
@@ -229,7 +229,7 @@ def _generate_final(out: Path, reference: Path) -> list[str]:
     if (message := verify_cli(out)) is not None:
         return [f"transferset verify fails: {message}"]
     got_manifest, want_manifest = read_manifest(out), read_manifest(reference)
-    got, want = _sorted_table(got_manifest.shard_paths()), _sorted_table(want_manifest.shard_paths())
+    got, want = sorted_table(got_manifest.shard_paths()), sorted_table(want_manifest.shard_paths())
     problems = []
     ids = got.column("id").to_pylist()
     source_rows = want_manifest.provenance.rows

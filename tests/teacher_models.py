@@ -5,21 +5,21 @@ import time
 import torch
 
 
-def _mlp(seed: int, inputs: int = 64, classes: int = 10) -> torch.nn.Module:
+def mlp(seed: int, inputs: int = 64, classes: int = 10) -> torch.nn.Module:
     torch.manual_seed(seed)
     return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(inputs, 32), torch.nn.ReLU(), torch.nn.Linear(32, classes))
 
 
 def tiny_a() -> torch.nn.Module:
-    return _mlp(1)
+    return mlp(1)
 
 
 def tiny_b() -> torch.nn.Module:
-    return _mlp(2)
+    return mlp(2)
 
 
 def seven_classes() -> torch.nn.Module:
-    return _mlp(3, classes=7)
+    return mlp(3, classes=7)
 
 
 class _NaNOnBrightRows(torch.nn.Module):
@@ -27,7 +27,7 @@ class _NaNOnBrightRows(torch.nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.inner = _mlp(4)
+        self.inner = mlp(4)
 
     def forward(self, x):
         out = self.inner(x)
@@ -44,7 +44,7 @@ class _Slow(torch.nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.inner = _mlp(5)
+        self.inner = mlp(5)
 
     def forward(self, x):
         time.sleep(0.01)

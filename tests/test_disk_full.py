@@ -192,7 +192,7 @@ def test_shard_writer_thread_error_reaches_the_caller_as_one_line(tmp_path, setu
     from transferset.format.schema import parquet_options, provenance_of
     from transferset.writer import ShardWriter
 
-    table = pa.concat_tables([kc._sorted_table([p]) for p in sorted(setup["set"].glob("part-*.parquet"))])
+    table = pa.concat_tables([kc.sorted_table([p]) for p in sorted(setup["set"].glob("part-*.parquet"))])
     first = sorted(setup["set"].glob("part-*.parquet"))[0]
     options = parquet_options(table.schema, provenance_of(pq.read_schema(first), str(first)))
     writer = ShardWriter(tmp_path, table.schema, options, row_group_rows=1000)

@@ -122,7 +122,7 @@ def test_weights_load_safely_and_pickles_need_trust(tmp_path, sources):
 
     import teacher_models
 
-    trained = teacher_models._mlp(42)
+    trained = teacher_models.mlp(42)
     plain = tmp_path / "w.pt"
     torch.save(trained.state_dict(), plain)
     pickled = tmp_path / "pickled.pt"

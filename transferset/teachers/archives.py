@@ -149,11 +149,11 @@ def _unsafe_program(where: str, raw: bytes) -> list[str]:
     for key, value in _walk(program):
         if key == "expr_str" and not _safe_sympy(value):
             problems.append(f"{where}: shape expression {str(value)[:60]!r} (evaluated as Python)")
-        elif key == "target" and isinstance(value, str) and not _safe_target(value):
+        elif key == "target" and isinstance(value, str) and not safe_graph_target(value):
             problems.append(f"{where}: graph call {value[:60]!r} (not a torch operator)")
     guards = program.get("guards_code") or [] if isinstance(program, dict) else []
     for guard in guards if isinstance(guards, list) else [guards]:
-        if not (isinstance(guard, str) and _safe_tokens(guard, _GUARD_NAMES, allow_attributes=True)):
+        if not safe_guard(guard):
             problems.append(f"{where}: guard {str(guard)[:60]!r} (compiled and run as Python)")
     return problems
 
@@ -172,7 +172,8 @@ def _walk(node: Any, key: str | None = None, depth: int = 0) -> Iterator[tuple[s
         yield key, node
 
 
-def _safe_target(target: str) -> bool:
+def safe_graph_target(target: str) -> bool:
+    """Whether a graph node's target resolves to a torch operator or shape arithmetic only."""
     if "__" in target:
         return False
     if target.startswith("torch.ops."):
@@ -180,6 +181,11 @@ def _safe_target(target: str) -> bool:
     if target.startswith("_operator."):
         return target.split(".", 1)[1] in _OPERATOR_TARGETS
     return bool(_SYM_TARGET.match(target))
+
+
+def safe_guard(guard: Any) -> bool:
+    """Whether a guard is arithmetic over input sizes (it is compiled and run as Python)."""
+    return isinstance(guard, str) and _safe_tokens(guard, _GUARD_NAMES, allow_attributes=True)
 
 
 def _safe_sympy(expr: Any) -> bool:
