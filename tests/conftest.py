@@ -25,6 +25,17 @@ def run_cli(*args, cwd=None, check=False, timeout=300):
     return proc
 
 
+def shared_dataset(path: Path) -> Path:
+    """A file from ../shared/datasets. CI always has shared/ beside the clone, so there a
+    missing file fails the test loudly; elsewhere (a clone on its own) the test skips,
+    saying which file it needs."""
+    if not path.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{path} is missing, but CI runs with ../shared/datasets beside the clone")
+        pytest.skip(f"needs {path} (../shared/datasets beside the clone)")
+    return path
+
+
 def write_pixels_source(path, pixels: np.ndarray, labels=None, row_group_size=None, fixed=True):
     """A Parquet source with a `pixels` column (+ optional nullable `label`)."""
     n, d = pixels.shape

@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import cli  # noqa: E402
+from conftest import shared_dataset  # noqa: E402
 from transferset.arrays import read_idx  # noqa: E402
 from transferset.convert import input_shape_hint, parse_rows  # noqa: E402
 from transferset.errors import UserError  # noqa: E402
@@ -344,8 +345,8 @@ def test_convert_never_imports_torch(tmp_path):
 # -- the real MNIST test file -----------------------------------------------------
 
 
-@pytest.mark.skipif(not (MNIST / "t10k-images-idx3-ubyte.gz").exists(), reason="no MNIST in ../shared/datasets/mnist")
 def test_real_mnist_test_slice(tmp_path):
+    shared_dataset(MNIST / "t10k-images-idx3-ubyte.gz")
     # Independent parse: fixed MNIST header sizes (16 and 8 bytes), nothing from transferset.
     raw_images = np.frombuffer(gzip.decompress((MNIST / "t10k-images-idx3-ubyte.gz").read_bytes()), dtype=np.uint8)
     raw_labels = np.frombuffer(gzip.decompress((MNIST / "t10k-labels-idx1-ubyte.gz").read_bytes()), dtype=np.uint8)

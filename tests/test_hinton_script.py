@@ -17,6 +17,8 @@ from types import SimpleNamespace
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import shared_dataset
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT_DIR = ROOT / "benchmarks" / "hinton_mnist"
 MNIST = ROOT.parent / "shared" / "datasets" / "mnist"
@@ -25,8 +27,8 @@ ROWS = {"teacher", "ensemble_arithmetic", "ensemble_geometric", "hard", "soft_ge
 SUBCOMMANDS = {"convert", "train", "generate", "inspect", "eval"}
 
 
-@pytest.mark.skipif(not (MNIST / "train-images-idx3-ubyte.gz").is_file(), reason=f"MNIST IDX files not in {MNIST}")
 def test_smoke_protocol_covers_every_row_through_the_cli_only(tmp_path):
+    shared_dataset(MNIST / "train-images-idx3-ubyte.gz")
     work = tmp_path / "hinton"
     argv = [sys.executable, str(SCRIPT_DIR / "run.py"), "--protocol", "smoke", "--seeds", "0", "--work", str(work)]
     proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=600)
