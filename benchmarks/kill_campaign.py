@@ -1,7 +1,15 @@
 """Kill anywhere, lose nothing: SIGKILL `generate` and `train` at random moments.
 
-    python benchmarks/kill_campaign.py [--kills 20] [--seed 0] [--commands generate,train]
+    python benchmarks/kill_campaign.py [--kills 20] [--seed 0] [--commands generate,train,...]
                                        [--window run|work] [--work DIR] [--keep]
+
+Commands: generate, train, and the ones that replace or delete what exists:
+generate-overwrite and train-overwrite (every chain starts from a copy of an old
+set / run of another configuration, which `--overwrite` must replace: a kill while
+it goes must leave what the same command recovers), convert (`--overwrite`, into
+a fresh folder), verify-drop-bad (every chain starts from a copy of a set with two
+bad shards; its final check is the user's repair: the generate that made the set,
+which must rebuild it equal to the reference).
 
 For each command: one uninterrupted reference run first (its wall time T sets
 the kill times), then kills drawn uniformly over [0, T) (`--window run`, every
@@ -31,7 +39,8 @@ printed with what existed on disk when it landed.
 The workloads are small (a few thousand 8x8 digits; generate runs the `slow`
 teacher of tests/teacher_models.py, 10 ms a batch, so there is a run to kill)
 and the whole 20-kill campaign for both commands takes a few minutes on 2 cores.
-tests/test_kill_campaign.py runs the same harness with 3 kills each.
+tests/test_kill_campaign.py runs the same harness with 3 kills each for generate
+and train, 2 each for the other four.
 """
 
 from __future__ import annotations
@@ -63,10 +72,13 @@ for _p in (str(ROOT), str(TESTS)):
         sys.path.insert(0, _p)
 
 import cli  # noqa: E402
-from transferset.format.manifest import JOB, MANIFEST, RECORDS_DIR, read_manifest
+from transferset.format.manifest import JOB, MANIFEST, RECORDS_DIR, read_manifest  # noqa: E402
+from transferset.errors import UserError  # noqa: E402
+from transferset.ownership import DISCARD  # noqa: E402
 from transferset.io import file_sha256  # noqa: E402
 
 DIGITS = ROOT / "data" / "digits.parquet"
+COMMANDS = ("generate", "train", "generate-overwrite", "train-overwrite", "convert", "verify-drop-bad")
 TIMING_KEYS = ("seconds", "rows_per_s")  # metrics.jsonl fields that measure the machine, not the run
 
 
@@ -96,14 +108,18 @@ class Timing:
 
 
 def _listing(out: Path) -> frozenset[str]:
-    return frozenset(str(p.relative_to(out)) for p in out.rglob("*")) if out.is_dir() else frozenset()
+    while True:  # a folder may vanish while we walk it (a temp folder, --overwrite's discard): look again
+        try:
+            return frozenset(str(p.relative_to(out)) for p in out.rglob("*")) if out.is_dir() else frozenset()
+        except FileNotFoundError:
+            continue
 
 
-def run_to_end(argv: list[str], out: Path, timeout: float = 600) -> Timing:
+def run_to_end(argv: list[str], out: Path, timeout: float = 600, ok_codes: tuple[int, ...] = (0,)) -> Timing:
     """Run the command uninterrupted, watching `out` every 5 ms."""
+    seen, first_write, last_write = _listing(out), None, 0.0  # what a workload's prepare() put there is not a write
     started = time.monotonic()
     proc = start(argv)
-    seen, first_write, last_write = frozenset(), None, 0.0
     while proc.poll() is None:
         now = time.monotonic() - started
         listing = _listing(out)
@@ -116,7 +132,7 @@ def run_to_end(argv: list[str], out: Path, timeout: float = 600) -> Timing:
         time.sleep(0.005)
     seconds = time.monotonic() - started
     stderr = proc.communicate()[1]
-    if proc.returncode != 0:
+    if proc.returncode not in ok_codes:
         raise RuntimeError(f"transferset {' '.join(argv)} failed ({proc.returncode}): {stderr.strip()}")
     if _listing(out) != seen:
         last_write = seconds
@@ -139,13 +155,18 @@ class Workload:
     """One command under test. `argv(out)` is the command line writing to `out`;
     `landing(out)` describes what is on disk; `check_partial(out, reference)` lists
     what is wrong with a killed run's leftovers; `check_final(out, reference)` what is
-    wrong with a finished run's output compared with the reference's."""
+    wrong with a finished run's output compared with the reference's. `prepare(out)`
+    puts what the command starts from into a chain's fresh `out` (the old output that
+    --overwrite replaces, the damaged set that --drop-bad repairs); `ok_codes` are the
+    exit codes of a run that finished as it should."""
 
     name: str
     argv: Callable[[Path], list[str]]
     landing: Callable[[Path], str]
     check_partial: Callable[[Path, Path], list[str]]
     check_final: Callable[[Path, Path], list[str]]
+    prepare: Callable[[Path], None] | None = None
+    ok_codes: tuple[int, ...] = (0,)
 
 
 def write_digits_source(path: Path, copies: int) -> int:
@@ -212,8 +233,11 @@ def _generate_partial(out: Path, reference: Path) -> list[str]:
         except Exception as error:  # noqa: BLE001 - any failure to read is the finding
             problems.append(f"{shard.name} is published but unreadable ({type(error).__name__}: {error})")
             continue
+        if shard.name not in expected:
+            problems.append(f"{shard.name} is published but the reference has no such shard")
+            continue
         problems += [f"{shard.name}: {p}" for p in _diff_columns(got, sorted_table([reference / shard.name]))]
-        if shard.name not in expected or got.num_rows != expected[shard.name].rows:
+        if got.num_rows != expected[shard.name].rows:
             problems.append(f"{shard.name} has {got.num_rows} rows, the reference's has {expected.get(shard.name)}")
     for record_path in (out / RECORDS_DIR).glob("part-*.json") if (out / RECORDS_DIR).is_dir() else []:
         record = json.loads(record_path.read_text())
@@ -226,11 +250,13 @@ def _generate_partial(out: Path, reference: Path) -> list[str]:
 
 
 def _generate_final(out: Path, reference: Path) -> list[str]:
-    if (message := verify_cli(out)) is not None:
-        return [f"transferset verify fails: {message}"]
-    got_manifest, want_manifest = read_manifest(out), read_manifest(reference)
+    message = verify_cli(out)
+    problems = [f"transferset verify fails: {message}"] if message is not None else []
+    try:
+        got_manifest, want_manifest = read_manifest(out), read_manifest(reference)
+    except UserError:
+        return problems  # verify said why
     got, want = sorted_table(got_manifest.shard_paths()), sorted_table(want_manifest.shard_paths())
-    problems = []
     ids = got.column("id").to_pylist()
     source_rows = want_manifest.provenance.rows
     if len(ids) != source_rows or len(set(ids)) != len(ids):
@@ -329,6 +355,120 @@ def _train_final(out: Path, reference: Path) -> list[str]:
     return problems + _leftovers(out)
 
 
+# -- the commands that replace or delete: --overwrite, convert, verify --drop-bad ------------------
+
+
+def _copy_of(original: Path) -> Callable[[Path], None]:
+    def prepare(out: Path) -> None:
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.copytree(original, out)
+
+    return prepare
+
+
+def _replacing(landing: Callable[[Path], str]) -> Callable[[Path], str]:
+    """A landing description that says when the kill hit the middle of a replacement."""
+    return lambda out: ("old output half moved aside; " if (out / DISCARD).is_dir() else "") + landing(out)
+
+
+def generate_overwrite_workload(source: Path, old_set: Path, **options) -> Workload:
+    """`generate --overwrite` over a copy of `old_set` (a set of another configuration,
+    best with many shards): a kill while the old set goes must leave a directory the
+    same command recovers (issue: it left orphan shards that were refused forever)."""
+    base = generate_workload(source, **options)
+    old_key = json.loads((old_set / JOB).read_text())["config_fingerprint"]
+
+    def partial(out: Path, reference: Path) -> list[str]:
+        if (out / DISCARD).is_dir():
+            return []  # mid-replacement: the rerun finishes removing the old set first
+        job = out / JOB
+        if job.is_file() and json.loads(job.read_text()).get("config_fingerprint") == old_key:
+            message = verify_cli(out)  # not started replacing yet: the old set must still be whole
+            return [f"the old set no longer verifies before its replacement began: {message}"] if message else []
+        return _generate_partial(out, reference)
+
+    return Workload("generate-overwrite", lambda out: [*base.argv(out), "--overwrite"], _replacing(_generate_landing), partial,
+                    _generate_final, _copy_of(old_set))
+
+
+def train_overwrite_workload(transfer: Path, old_run: Path, **options) -> Workload:
+    """`train --overwrite` over a copy of `old_run` (a finished run of another configuration:
+    config.json, checkpoints, student.pt, student.pt2). Every run starts from scratch
+    (--overwrite), so the chain's last run must still equal the reference bit for bit."""
+    base = train_workload(transfer, **options)
+    return Workload("train-overwrite", lambda out: [*base.argv(out), "--overwrite"], _replacing(_train_landing), _train_partial,
+                    _train_final, _copy_of(old_run))
+
+
+def write_digits_npz(path: Path, copies: int) -> int:
+    """`copies` x the bundled digits as an .npz of images [N, 8, 8] uint8 and labels [N]."""
+    import numpy as np
+
+    table = pq.read_table(DIGITS, columns=["pixels", "label"])
+    pixels = table.column("pixels").combine_chunks().flatten().to_numpy().reshape(-1, 8, 8)
+    labels = table.column("label").to_numpy()
+    np.savez(path, images=np.concatenate([pixels] * copies), labels=np.concatenate([labels] * copies))
+    return len(labels) * copies
+
+
+def convert_workload(npz: Path) -> Workload:
+    """`transferset convert --overwrite` of `npz` into `out/digits.parquet` (a user reruns a
+    killed convert with the same flags; --overwrite because a kill after the rename
+    leaves a finished file)."""
+    name = "digits.parquet"
+
+    def argv(out: Path) -> list[str]:
+        return ["convert", "--npz", str(npz), "--images-key", "images", "--labels-key", "labels",
+                "--row-group-rows", "64", "--overwrite", "--out", str(out / name)]
+
+    def landing(out: Path) -> str:
+        temp = [p for p in out.iterdir() if ".tmp" in p.name] if out.is_dir() else []
+        return ("published" if (out / name).exists() else "nothing published") + (f", {len(temp)} temp file" if temp else "")
+
+    def partial(out: Path, reference: Path) -> list[str]:
+        if not (out / name).exists():
+            return []
+        try:
+            got = pq.read_table(out / name)
+        except Exception as error:  # noqa: BLE001
+            return [f"{name} is published but unreadable ({type(error).__name__}: {error})"]
+        return [] if got.equals(pq.read_table(reference / name)) else [f"{name} is published but differs from the reference"]
+
+    def final(out: Path, reference: Path) -> list[str]:
+        got, want = pq.read_table(out / name), pq.read_table(reference / name)
+        return ([] if got.equals(want) else [f"{name} differs from the reference"]) + _leftovers(out)
+
+    return Workload("convert", argv, landing, partial, final, lambda out: out.mkdir(parents=True, exist_ok=True))
+
+
+def drop_bad_workload(damaged: Path, repair: Workload, good: Path) -> Workload:
+    """`verify --drop-bad` over a copy of `damaged` (a set with bad shards), then the
+    user's repair: `repair` (the generate that made the set) must rebuild a set equal to
+    `good`. Exit 2 is how --drop-bad finishes (the set failed verification)."""
+
+    def final(out: Path, reference: Path) -> list[str]:
+        proc = start(repair.argv(out))
+        stderr = proc.communicate()[1]
+        if proc.returncode != 0:
+            return [f"the generate that should redo the dropped shards failed ({proc.returncode}): {_last_line(stderr)}"]
+        return _generate_final(out, good)
+
+    return Workload("verify-drop-bad", lambda out: ["verify", str(out), "--drop-bad"], _generate_landing,
+                    lambda out, reference: [], final, _copy_of(damaged), ok_codes=(0, 2))
+
+
+def damage_shards(directory: Path, count: int = 2) -> None:
+    """Flip a byte in one shard, truncate another (what --drop-bad repairs)."""
+    shards = sorted(directory.glob("part-*.parquet"))[:count]
+    for number, shard in enumerate(shards):
+        data = bytearray(shard.read_bytes())
+        if number % 2:
+            shard.write_bytes(bytes(data[: len(data) // 2]))
+        else:
+            data[len(data) // 2] ^= 0xFF
+            shard.write_bytes(bytes(data))
+
+
 # -- the campaign -------------------------------------------------------------------------
 
 
@@ -376,7 +516,9 @@ def run_campaign(
     started = time.monotonic()
     rng = random.Random(seed)
     reference = work / f"{workload.name}-reference"
-    timing = run_to_end(workload.argv(reference), reference)
+    if workload.prepare is not None:
+        workload.prepare(reference)
+    timing = run_to_end(workload.argv(reference), reference, ok_codes=workload.ok_codes)
     low, high = (timing.first_write, max(timing.last_write, timing.first_write + 0.01)) if window == "work" else (0.0, timing.seconds)
     say(
         f"{workload.name}: reference run {timing.seconds:.2f} s (writes from {timing.first_write:.2f} s to "
@@ -401,6 +543,8 @@ def run_campaign(
         if out is None:
             chain += 1
             out = work / f"{workload.name}-chain-{chain:02d}"
+            if workload.prepare is not None:
+                workload.prepare(out)
         at = rng.uniform(low, high)
         proc = start(workload.argv(out))
         try:
@@ -410,7 +554,7 @@ def run_campaign(
         stderr = proc.communicate()[1]
         if proc.returncode != -signal.SIGKILL:  # it finished before its kill time: the chain's result
             finished_early += 1
-            if proc.returncode != 0:
+            if proc.returncode not in workload.ok_codes:
                 for k in chain_kills:
                     k.problems.append(f"a rerun failed ({proc.returncode}): {_last_line(stderr)}")
             if chain_kills:
@@ -427,7 +571,7 @@ def run_campaign(
     if out is not None:  # the last chain: one rerun to the end
         proc = start(workload.argv(out))
         stderr = proc.communicate()[1]
-        if proc.returncode != 0:
+        if proc.returncode not in workload.ok_codes:
             for k in chain_kills:
                 k.problems.append(f"the final rerun failed ({proc.returncode}): {_last_line(stderr)}")
         close_chain(out)
@@ -451,7 +595,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--kills", type=int, default=20, help="kills per command (default: 20)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill times (default: 0)")
-    parser.add_argument("--commands", default="generate,train", help="comma list of generate, train (default: both)")
+    parser.add_argument("--commands", default=",".join(COMMANDS), help=f"comma list of {', '.join(COMMANDS)} (default: all)")
     parser.add_argument("--window", default="run", choices=("run", "work"),
                         help="run: kill times over the whole process life (default); work: only while it writes output")
     parser.add_argument("--copies", type=int, default=3, help="copies of the 1,797 digits in the source (default: 3)")
@@ -459,8 +603,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep every run's output")
     args = parser.parse_args(argv)
     commands = [c.strip() for c in args.commands.split(",") if c.strip()]
-    if not commands or set(commands) - {"generate", "train"}:
-        parser.error("--commands takes generate and/or train")
+    if not commands or set(commands) - set(COMMANDS):
+        parser.error(f"--commands takes {', '.join(COMMANDS)}")
 
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="kill-campaign-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -471,11 +615,32 @@ def main(argv: list[str] | None = None) -> int:
         print(f"source: {rows:,} rows of 8x8 digits; {args.kills} SIGKILLs per command, seed {args.seed}")
         if "generate" in commands:
             results.append(run_campaign(generate_workload(source), work, kills=args.kills, seed=args.seed, window=args.window, keep=args.keep))
+        transfer = work / "generate-reference"
+        if set(commands) - {"generate", "convert"} and not (transfer / MANIFEST).exists():  # a transfer set from a fast teacher
+            run_to_end(generate_workload(source, teacher="teacher_models:tiny_a").argv(transfer), transfer)
+        kill = lambda workload, offset: run_campaign(workload, work, kills=args.kills, seed=args.seed + offset,  # noqa: E731
+                                                     window=args.window, keep=args.keep)
         if "train" in commands:
-            transfer = work / "generate-reference"
-            if not (transfer / MANIFEST).exists():  # train alone: a transfer set from a fast teacher
-                run_to_end(generate_workload(source, teacher="teacher_models:tiny_a").argv(transfer), transfer)
-            results.append(run_campaign(train_workload(transfer), work, kills=args.kills, seed=args.seed + 1, window=args.window, keep=args.keep))
+            results.append(kill(train_workload(transfer), 1))
+        if "generate-overwrite" in commands:
+            old_set = work / "old-set"  # another temperature, 50-row shards: a long list of files to move aside
+            run_to_end([*generate_workload(source, teacher="teacher_models:tiny_a", shard_rows=50).argv(old_set), "-T", "5"], old_set)
+            results.append(kill(generate_overwrite_workload(source, old_set), 2))
+        if "train-overwrite" in commands:
+            old_run = work / "old-run"
+            run_to_end([*train_workload(transfer).argv(old_run), "--lr", "0.05"], old_run)
+            results.append(kill(train_overwrite_workload(transfer, old_run), 3))
+        if "convert" in commands:
+            npz = work / "digits.npz"
+            write_digits_npz(npz, args.copies * 10)
+            results.append(kill(convert_workload(npz), 4))
+        if "verify-drop-bad" in commands:
+            fast = generate_workload(source, teacher="teacher_models:tiny_a")
+            damaged = work / "damaged-set"
+            shutil.rmtree(damaged, ignore_errors=True)
+            shutil.copytree(transfer, damaged)
+            damage_shards(damaged)
+            results.append(kill(drop_bad_workload(damaged, fast, transfer), 5))
     finally:
         if not args.work and not args.keep:
             shutil.rmtree(work, ignore_errors=True)

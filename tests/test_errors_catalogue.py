@@ -176,6 +176,10 @@ def make_fixtures(root: Path) -> dict[str, Path]:
     f["zero_labels"] = _table(root / "zero_labels.parquet", pixels=_pixels(4, rng), label=pa.array([0] * 4))
     nan_pixels = rng.random((6, 64), dtype=np.float32)
     nan_pixels[3, 5] = np.nan
+    huge = rng.random((6, 64))  # float64
+    huge[2, 9] = 1e300
+    f["huge_inputs"] = _table(root / "huge_inputs.parquet", pixels=pa.FixedSizeListArray.from_arrays(pa.array(huge.reshape(-1)), 64),
+                              label=pa.array([0, 1, 2, 3, 4, 5]))
     f["nan_inputs"] = _table(root / "nan_inputs.parquet", pixels=pa.FixedSizeListArray.from_arrays(pa.array(nan_pixels.reshape(-1)), 64),
                              label=pa.array([0, 1, 2, 3, 4, 5]))
     f["dup_ids"] = _table(root / "dup_ids.parquet", pixels=_pixels(5, rng), label=pa.array([0, 1, 2, 3, 4]),
@@ -253,10 +257,50 @@ def make_fixtures(root: Path) -> dict[str, Path]:
     shard = f["set_truncated"] / "part-00000.parquet"
     shard.write_bytes(shard.read_bytes()[:-100])
     f["set_damaged_page"] = _damage_page_header(_copy(f["set"], root / "set_damaged_page"), "label")
+    # The test process holds these locks (a flock conflicts between two open files even in
+    # one process); claims made outside ownership.scope() last until the process exits.
+    from transferset import ownership
+    f["locked_out"] = root / "locked_out"
+    ownership.claim(f["locked_out"])
+    f["locked_writer"] = root / "locked_writer"
+    ownership.claim(f["locked_writer"], writer=(0, 2))
+    f["locked_run"] = root / "locked_run"
+    ownership.claim(f["locked_run"])
+    f["locked_set"] = _copy(f["set"], root / "locked_set")
+    ownership.claim(f["locked_set"], what="transfer set")
+    f["set_shard_twice"] = _copy(f["set"], root / "set_shard_twice")
+    _edit_manifest(f["set_shard_twice"], lambda d: d["shards"].append(d["shards"][0]))
+    f["set_copied_shard"] = _copy(f["set"], root / "set_copied_shard")
+    shutil.copy(f["set_copied_shard"] / "part-00000.parquet", f["set_copied_shard"] / "part-00009.parquet")
+    _edit_manifest(f["set_copied_shard"], lambda d: d["shards"].append({**d["shards"][0], "path": "part-00009.parquet", "index": 9}))
+    f["set_rows_short"] = _copy(f["set"], root / "set_rows_short")
+    _edit_manifest(f["set_rows_short"], lambda d: d["shards"].pop())
+    f["set_bad_field"] = _copy(f["set"], root / "set_bad_field")
+    _edit_manifest(f["set_bad_field"], lambda d: d["provenance"].update(class_names=1.5))
+    f["set_dup_id"] = _duplicate_an_id(_copy(f["set"], root / "set_dup_id"))
+    f["set_symlinked_records"] = _copy(f["set_flipped"], root / "set_symlinked_records")
+    shutil.rmtree(f["set_symlinked_records"] / "_shards")
+    (f["set_symlinked_records"] / "_shards").symlink_to(f["set"] / "_shards")
+    f["set_crc"] = _flip_page_bit(_copy(f["set"], root / "set_crc"), "logits")
 
     # a finished training run (for eval) and damaged copies
     f["run"] = root / "run"
     _main(["train", "--data", f["lab"], *PIXELS, "--student-arg", "hidden=8", "--epochs", "1", "--batch-size", "16", "--out", f["run"]])
+    f["run_scale_1"] = root / "run_scale_1"
+    _main(["train", "--data", f["lab"], "--input-column", "pixels", "--input-shape", "1,8,8", "--student-arg", "hidden=8",
+           "--epochs", "1", "--batch-size", "16", "--out", f["run_scale_1"]])
+    # a run on --data whose file is then rewritten with the same size, rows and schema (other labels)
+    def same_layout(path: Path, labels) -> Path:
+        pixels = pa.FixedSizeListArray.from_arrays(pa.array(np.arange(37 * 64, dtype=np.uint8) % 16), 64)
+        pq.write_table(pa.table({"pixels": pixels, "label": pa.array(labels, pa.int64())}), path,
+                       compression="none", use_dictionary=False, write_statistics=False)
+        return path
+
+    f["changing"] = same_layout(root / "changing.parquet", [i % 10 for i in range(37)])
+    f["run_changed_data"] = root / "run_changed_data"
+    _main(["train", "--data", f["changing"], *PIXELS, "--student-arg", "hidden=8", "--epochs", "1", "--batch-size", "16",
+           "--out", f["run_changed_data"]])
+    same_layout(f["changing"], [(i + 1) % 10 for i in range(37)])
     f["run_unfinished"] = _copy(f["run"], root / "run_unfinished")
     (f["run_unfinished"] / "student.pt").unlink()
     f["run_bad_config"] = _copy(f["run"], root / "run_bad_config")
@@ -270,6 +314,34 @@ def make_fixtures(root: Path) -> dict[str, Path]:
     f["bad_checkpoint"] = root / "bad_checkpoint.pt"
     f["bad_checkpoint"].write_bytes(b"not a checkpoint")
     return f
+
+
+def _flip_page_bit(directory: Path, column: str) -> Path:
+    """Flip one bit in the middle of a column's first column chunk in shard 0 (inside the
+    page body): only the page CRC can tell."""
+    shard = directory / "part-00000.parquet"
+    group = pq.ParquetFile(shard).metadata.row_group(0)
+    chunk = next(group.column(i) for i in range(group.num_columns) if group.column(i).path_in_schema.startswith(column))
+    data = bytearray(shard.read_bytes())
+    data[chunk.data_page_offset + chunk.total_compressed_size // 2] ^= 0x04
+    shard.write_bytes(bytes(data))
+    return directory
+
+
+def _duplicate_an_id(directory: Path) -> Path:
+    """Rewrite shard 1 with shard 0's first id in place of its own first, and restamp its
+    size and checksum in the manifest: intact files, one id twice."""
+    from transferset.io import file_sha256
+
+    repeated = pq.read_table(directory / "part-00000.parquet").column("id")[0].as_py()
+    shard = directory / "part-00001.parquet"
+    table = pq.read_table(shard)
+    ids = table.column("id").to_pylist()
+    ids[0] = repeated
+    table = table.set_column(table.schema.get_field_index("id"), table.schema.field("id"), pa.array(ids, pa.string()))
+    pq.write_table(table, shard)
+    _edit_manifest(directory, lambda d: d["shards"][1].update(bytes=shard.stat().st_size, sha256=file_sha256(shard)))
+    return directory
 
 
 def _damage_page_header(directory: Path, column: str) -> Path:
@@ -407,6 +479,16 @@ def cases(f: dict[str, Path], o: Path) -> dict[str, list]:
         "generate-device-unknown": ["generate", *gen, "--device", "tpu", *out],
         "generate-threads-zero": ["generate", *gen, "--threads", "0", *out],
         "generate-out-not-a-set": ["generate", *gen, "--out", f["existing_out"]],
+        "generate-input-contradicts-teacher": ["generate", "--teacher", f["run"] / "student.pt2", "--source", f["lab"], "--input-scale", "1", *out],
+        "generate-teachers-declare-different-inputs": ["generate", "--teacher", f["run"] / "student.pt2", "--teacher", f["run_scale_1"] / "student.pt2", "--source", f["lab"], *out],
+        "generate-teacher-output-ambiguous-tuple": ["generate", "--teacher", "test_teacher_outputs:tuple_teacher", "--source", f["lab"], *PIXELS, *out],
+        "generate-teacher-output-ambiguous-dict": ["generate", "--teacher", "test_teacher_outputs:dict_teacher", "--source", f["lab"], *PIXELS, *out],
+        "generate-teacher-output-bad-index": ["generate", "--teacher", "test_teacher_outputs:tuple_teacher", "--teacher-output", "2", "--source", f["lab"], *PIXELS, *out],
+        "generate-teacher-output-bad-key": ["generate", "--teacher", "test_teacher_outputs:dict_teacher", "--teacher-output", "logits", "--source", f["lab"], *PIXELS, *out],
+        "generate-teacher-output-not-a-container": ["generate", *TEACHER, "--teacher-output", "0", "--source", f["lab"], *PIXELS, *out],
+        "generate-teacher-output-before-teacher": ["generate", "--teacher-output", "0", *TEACHER, "--source", f["lab"], *PIXELS, *out],
+        "generate-input-overflows-float32": ["generate", *TEACHER, "--source", f["huge_inputs"], *PIXELS, *out],
+        "convert-out-below-a-file": ["convert", "--images", f["images"], "--out", f["a_file"] / "x.parquet"],
         "generate-engine-unknown": ["generate", *gen, "--engine", "spark", *out],
         "generate-teacher-form-unknown": ["generate", "--teacher", f"onnx:{f['a_file']}", "--source", f["lab"], *PIXELS, *out],
         "generate-out-is-a-file": ["generate", *gen, "--out", f["a_file"]],
@@ -437,6 +519,22 @@ def cases(f: dict[str, Path], o: Path) -> dict[str, list]:
         "verify-truncated-shard": ["verify", f["set_truncated"]],
         "verify-mixed-schema-versions": ["verify", f["set_mixed"]],
         # train
+        "inspect-invalid-provenance-field": ["inspect", f["set_bad_field"]],
+        "verify-shard-listed-twice": ["verify", f["set_shard_twice"]],
+        "verify-copied-shard": ["verify", f["set_copied_shard"]],
+        "verify-rows-short": ["verify", f["set_rows_short"]],
+        "verify-duplicate-id": ["verify", f["set_dup_id"]],
+        "verify-drop-bad-symlinked-records": ["verify", f["set_symlinked_records"], "--drop-bad"],
+        "train-transfer-shard-listed-twice": ["train", "--transfer", f["set_shard_twice"], *out],
+        "train-transfer-flipped-bit-no-verify": ["train", "--transfer", f["set_crc"], "--no-verify", "--epochs", "1", *out],
+        "generate-out-in-use": ["generate", *gen, "--out", f["locked_out"]],
+        "generate-writer-index-in-use": ["generate", *gen, "--num-writers", "2", "--writer-index", "0", "--out", f["locked_writer"]],
+        "train-out-in-use": [*data, "--out", f["locked_run"]],
+        "verify-drop-bad-in-use": ["verify", f["locked_set"], "--drop-bad"],
+        "train-data-content-changed": ["train", "--data", f["changing"], *PIXELS, "--student-arg", "hidden=8", "--epochs", "1",
+                                       "--batch-size", "16", "--out", f["run_changed_data"]],
+        "train-diverged-exploding": [*data, "--epochs", "3", "--batch-size", "4", "--lr", "50", *out],
+        "train-diverged-collapsed": [*data, "--epochs", "3", "--batch-size", "1", "--lr", "1e-7", *out],
         "train-no-data": ["train", *out],
         "train-transfer-and-data": [*transfer, "--data", f["lab"], *out],
         "train-data-without-shape": ["train", "--data", f["lab"], *out],

@@ -88,7 +88,22 @@ def test_generate_checks_catch_damage(work, tmp_path):
     (changed / "_manifest.json").write_text(json.dumps(manifest))
     (changed / "_shards" / ".part-00004.json.tmp-99").write_bytes(b"{")
     problems = workload.check_final(changed, reference)
-    assert any("distinct ids" in p for p in problems) and any("column 'label' differs" in p for p in problems)
+    caught = " ".join(problems)
+    assert "distinct ids" in caught or "1,796 rows" in caught, problems  # the harness, or verify's row total
+
+    # The same label change with every row kept: verify passes, the column comparison must not.
+    relabelled = tmp_path / "relabelled"
+    shutil.copytree(reference, relabelled)
+    shard = relabelled / "part-00002.parquet"
+    pq.write_table(table, shard)
+    manifest = json.loads((relabelled / "_manifest.json").read_text())
+    for record in manifest["shards"]:
+        if record["path"] == shard.name:
+            record.update(bytes=shard.stat().st_size, sha256=kc.file_sha256(shard))
+    (relabelled / "_manifest.json").write_text(json.dumps(manifest))
+    (relabelled / "_shards" / ".part-00004.json.tmp-99").write_bytes(b"{")
+    problems = workload.check_final(relabelled, reference)
+    assert any("column 'label' differs" in p for p in problems), problems
     assert "temp files left behind: _shards/.part-00004.json.tmp-99" in problems
 
 
@@ -120,3 +135,58 @@ def test_campaign_reports_a_result_that_never_matches(tmp_path):
     assert len(result.kills) == 2 and result.survived == 0
     assert all(k.problems == ["always wrong"] for k in result.kills)
     assert all(0 <= k.at_s < result.reference.seconds for k in result.kills)
+
+
+# -- the commands that replace or delete (issue item 4): 2 kills each, over the span they write ------
+
+
+@pytest.fixture(scope="module")
+def olds(work):
+    """What --overwrite replaces: a set of another temperature in 50-row shards (36 files to
+    move aside), and a finished run of another learning rate."""
+    old_set = work["work"] / "old-set"
+    assert cli.main([*kc.generate_workload(work["source"], teacher="teacher_models:tiny_a", shard_rows=50).argv(old_set), "-T", "5"]) == 0
+    old_run = work["work"] / "old-run"
+    assert cli.main([*kc.train_workload(work["transfer"], epochs=1, batch_size=64, checkpoint_every=4).argv(old_run), "--lr", "0.05"]) == 0
+    return {"set": old_set, "run": old_run}
+
+
+def test_generate_overwrite_survives_sigkills(work, olds):
+    workload = kc.generate_overwrite_workload(work["source"], olds["set"], teacher="teacher_models:tiny_a", batch_size=64, shard_rows=200)
+    result = kc.run_campaign(workload, work["work"], kills=2, seed=7, window="work", say=lambda line: None)
+    assert len(result.kills) == 2 and result.survived == 2, _report(result)
+
+
+def test_train_overwrite_survives_sigkills(work, olds):
+    workload = kc.train_overwrite_workload(work["transfer"], olds["run"], epochs=1, batch_size=64, checkpoint_every=4)
+    result = kc.run_campaign(workload, work["work"], kills=2, seed=8, window="work", say=lambda line: None)
+    assert len(result.kills) == 2 and result.survived == 2, _report(result)
+
+
+def test_convert_survives_sigkills(work):
+    npz = work["work"] / "digits.npz"
+    kc.write_digits_npz(npz, copies=10)
+    result = kc.run_campaign(kc.convert_workload(npz), work["work"], kills=2, seed=9, window="work", say=lambda line: None)
+    assert len(result.kills) == 2 and result.survived == 2, _report(result)
+
+
+def test_verify_drop_bad_survives_sigkills(work, tmp_path):
+    damaged = tmp_path / "damaged"
+    shutil.copytree(work["transfer"], damaged)
+    kc.damage_shards(damaged)
+    repair = kc.generate_workload(work["source"], teacher="teacher_models:tiny_a", batch_size=256, shard_rows=200)
+    workload = kc.drop_bad_workload(damaged, repair, work["transfer"])
+    result = kc.run_campaign(workload, work["work"], kills=2, seed=10, window="run", say=lambda line: None)
+    assert len(result.kills) == 2 and result.survived == 2, _report(result)
+
+
+def test_overwrite_checks_catch_an_orphaned_old_set(work, olds, tmp_path):
+    """What the old `--overwrite` left after a kill: old shards, no _job.json, no marker.
+    The partial check must flag it (the final rerun is then refused: a failed chain)."""
+    workload = kc.generate_overwrite_workload(work["source"], olds["set"], teacher="teacher_models:tiny_a", batch_size=64, shard_rows=200)
+    orphaned = tmp_path / "orphaned"
+    shutil.copytree(olds["set"], orphaned)
+    (orphaned / "_job.json").unlink()
+    (orphaned / "_manifest.json").unlink()
+    assert workload.check_partial(orphaned, work["transfer"])
+    assert cli.main(workload.argv(orphaned)) == 2  # "exists and is not a transfer set": why the marker exists

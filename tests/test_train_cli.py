@@ -387,7 +387,7 @@ def test_warmup_cosine_schedule():
     assert warmup_cosine(20, total_steps=20, warmup_steps=4) == pytest.approx(0.0)
     assert warmup_cosine(20, total_steps=20, warmup_steps=4, min_lr_ratio=0.1) == pytest.approx(0.1)
     assert resolve_warmup(100, None, 0.15) == 15 and resolve_warmup(100, 7, None) == 7 and resolve_warmup(10, 50, None) == 10
-    assert resolve_warmup(100, None, None) == 0
+    assert resolve_warmup(100, None, None) == 5 and resolve_warmup(100, 0, None) == 0  # the default fraction; 0 steps: off
 
 
 def test_config_defaults_agree_with_optim():
@@ -398,6 +398,11 @@ def test_config_defaults_agree_with_optim():
     for name in OPTIMIZERS:
         cfg = TrainConfig(optimizer=name)
         assert (cfg.resolved_lr, cfg.resolved_weight_decay) == (DEFAULT_LR[name], DEFAULT_WEIGHT_DECAY[name])
+    import train.config
+    import train.optim
+
+    assert (train.config.DEFAULT_GRAD_CLIP, train.config.DEFAULT_WARMUP_FRACTION) == (train.optim.DEFAULT_GRAD_CLIP, train.optim.DEFAULT_WARMUP_FRACTION)
+    assert TrainConfig().grad_clip == train.optim.DEFAULT_GRAD_CLIP
 
 
 def test_exporting_the_same_weights_twice_gives_the_same_bytes(tmp_path, monkeypatch):

@@ -23,10 +23,15 @@ refuses (disk full, read-only, ...) deletes the temporary file and is a one-line
 error naming the checkpoint; once there is space, rerunning resumes from the one
 before (benchmarks/kill_campaign.py and tests/test_disk_full.py check both).
 
-The run directory's rules (`prepare_run_dir`): the same config as the run already
-there resumes from its newest checkpoint (so rerunning a killed command continues
-it); a different config is refused unless --overwrite; --resume [FILE] insists on
-a checkpoint and on the same config fingerprint.
+The run directory's rules (`prepare_run_dir`): the run claims the directory first
+(transferset/ownership.py: a second train into it is refused, naming the first's pid
+and host); the same config as the run already there resumes from its newest
+checkpoint (so rerunning a killed command continues it); a different config is
+refused unless --overwrite, or unless the run there stopped before its first
+checkpoint (nothing to lose: a failed command must not block its correction);
+--resume [FILE] insists on a checkpoint and on the same config fingerprint.
+--overwrite moves the old run's files aside before deleting them
+(`ownership.discard`), so a kill at any point is recovered by the same command.
 """
 
 from __future__ import annotations
@@ -34,7 +39,6 @@ from __future__ import annotations
 import json
 import random
 import re
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,7 +48,9 @@ import torch
 from train.metrics import MetricsLog
 from train.world import SINGLE_PROCESS, World
 from transferset import __version__
+from transferset import ownership
 from transferset.errors import UserError
+from transferset.progress import say
 from transferset.trust import safe_load
 from transferset.io import atomic_write, atomic_write_json, reporting_write_errors
 
@@ -155,13 +161,22 @@ def prepare_run_dir(cfg: "TrainConfig", out: Path, fingerprint: str, identity: d
     --overwrite. --resume PATH: that checkpoint, which must match the config.
     """
     config_path = out / CONFIG
-    existing = _read_run_config(config_path, damaged_ok=cfg.overwrite)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give a directory for the run")
-    if existing is None and out.is_dir() and any(out.iterdir()):
+    ownership.claim(out)  # this process's until train() returns: a second run into `out` is refused
+    if ownership.finish_discard(out, _is_run_output):  # a kill interrupted --overwrite: finish removing the old run
+        say(f"finished removing the run an interrupted --overwrite was replacing in {out}", cfg.quiet)
+    existing = _read_run_config(config_path, damaged_ok=cfg.overwrite)
+    if existing is None and ownership.entries(out):
         raise UserError(f"--out {out} exists and is not a transferset run (no {CONFIG}); choose a new or empty directory")
+    if existing is not None and existing.get("fingerprint") != fingerprint and cfg.resume is None and _nothing_learned(out, existing):
+        # A run that failed before its first checkpoint (a bad flag, a divergence) holds nothing
+        # to lose: its corrected command replaces it instead of being refused.
+        say(f"replacing the run in {out}: it stopped before its first checkpoint", cfg.quiet)
+        existing = None
+        _discard_run_outputs(out)
     if existing is not None and cfg.overwrite:
-        _remove_run_outputs(out)
+        _discard_run_outputs(out)
         existing = None
     if existing is not None and existing.get("fingerprint") != fingerprint:
         changed = ", ".join(_changed_fields(existing, cfg, identity))
@@ -195,8 +210,7 @@ def prepare_run_dir(cfg: "TrainConfig", out: Path, fingerprint: str, identity: d
         _remove_temp_files(out)
     log = MetricsLog(out / METRICS)
     if state is None:
-        with reporting_write_errors(out):
-            _remove_run_outputs(out)  # a same-config run without any checkpoint starts from scratch
+        _discard_run_outputs(out)  # a same-config run without any checkpoint starts from scratch
     else:
         with reporting_write_errors(out / METRICS):
             log.keep_until(state["position"]["step"])
@@ -238,20 +252,25 @@ def _remove_temp_files(out: Path) -> None:
                 p.unlink()
 
 
-def _remove_run_outputs(out: Path) -> None:
-    """Delete what a run writes, and nothing else."""
-    for name in (CONFIG, METRICS, "student.pt", "student.pt2"):
-        (out / name).unlink(missing_ok=True)
-    for leftover in out.glob(".*"):  # temporary files of a killed export / state-dict write
-        if leftover.name.startswith((".student.pt.tmp-", ".student.pt2.tmp-", ".tmp-")):
-            leftover.unlink()
-        elif leftover.name.startswith(".export-") and leftover.is_dir():  # export's scratch folder (older versions)
-            shutil.rmtree(leftover, ignore_errors=True)
-    folder = out / CHECKPOINTS
-    if folder.is_dir():
-        for p in folder.iterdir():
-            if p.name.startswith(("step-", ".step-")):
-                p.unlink()
+_RUN_OUTPUTS = (CONFIG, METRICS, "student.pt", "student.pt2", CHECKPOINTS)
+# temporary files of a killed write (export, state dict, config.json, metrics.jsonl) and export's scratch folder
+_RUN_TEMP_PREFIXES = (".student.pt.tmp-", ".student.pt2.tmp-", ".tmp-", ".export-", f".{CONFIG}.tmp-", f"{METRICS}.tmp")
+
+
+def _is_run_output(path: Path) -> bool:
+    return path.name in _RUN_OUTPUTS or path.name.startswith(_RUN_TEMP_PREFIXES)
+
+
+def _discard_run_outputs(out: Path) -> None:
+    """Delete what a run writes, and nothing else, so that a kill at any point leaves a
+    directory the same command recovers (ownership.discard: moved aside first)."""
+    ownership.discard(out, _is_run_output)
+
+
+def _nothing_learned(out: Path, existing: dict) -> bool:
+    """A recorded run that is not finished and has neither a checkpoint nor a student."""
+    return (not existing.get("finished") and not list_checkpoints(out / CHECKPOINTS)
+            and not (out / "student.pt").exists() and not (out / "student.pt2").exists())
 
 
 def _changed_fields(existing: dict, cfg: "TrainConfig", identity: dict) -> list[str]:
@@ -260,5 +279,21 @@ def _changed_fields(existing: dict, cfg: "TrainConfig", identity: dict) -> list[
     flags = {"student_args": "--student-arg", "input": "--input-*/--transform"}
     changed = [flags.get(k, f"--{k.replace('_', '-')}") for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
     if existing.get("data_identity") != identity:
-        changed.append("the training data")
+        changed.append(_changed_data(existing.get("data_identity") or {}, identity, cfg))
     return changed or ["the defaults of this transferset version"]
+
+
+def _changed_data(old: dict, new: dict, cfg: "TrainConfig") -> str:
+    """Which training data changed: the --data files whose content differs, by name."""
+    old_files, new_files = old.get("data_files"), new.get("data_files")
+    if not cfg.data or old_files is None or new_files is None or len(old_files) != len(new_files):
+        return "the training data"
+    from transferset.io import expand_parquet_paths
+
+    if any("sha256" not in f for f in old_files):
+        return "the training data's identity (the run was recorded without content hashes)"
+    paths = expand_parquet_paths(list(cfg.data), "--data")  # the order the identity lists them in
+    differ = [path for path, a, b in zip(paths, old_files, new_files) if a != b]
+    if not differ:
+        return "the training data"
+    return "the content of --data " + ", ".join(differ)

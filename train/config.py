@@ -26,6 +26,8 @@ from transferset.errors import UserError
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 OPTIMIZERS = ("sgd", "adamw")  # train/optim.py
+DEFAULT_GRAD_CLIP = 5.0  # = train/optim.py's (repeated so that config needs no torch; a test keeps them equal)
+DEFAULT_WARMUP_FRACTION = 0.05
 
 # Fields that do not change the trained weights: not part of the fingerprint.
 NOT_FINGERPRINTED = (
@@ -71,8 +73,10 @@ class TrainConfig:
     """None: 0 for sgd, 0.01 for adamw"""
     warmup_steps: int | None = None
     warmup_fraction: float | None = None
+    """None (and no --warmup-steps): DEFAULT_WARMUP_FRACTION"""
     min_lr_ratio: float = 0.0
-    grad_clip: float | None = None
+    grad_clip: float | None = DEFAULT_GRAD_CLIP
+    """max gradient norm; 0 or None: no clipping"""
     epochs: int = 10
     batch_size: int = 128
     seed: int = 0
@@ -122,9 +126,10 @@ class TrainConfig:
             problems.append(f"--alpha must be in [0, 1], got {self.alpha}")
         if self.temperature is not None and not (_finite(self.temperature) and self.temperature > 0):
             problems.append(f"--temperature must be a positive number, got {self.temperature}")
-        for flag, value in (("--lr", self.lr), ("--grad-clip", self.grad_clip)):
-            if value is not None and not (_finite(value) and value > 0):
-                problems.append(f"{flag} must be a positive number, got {value}")
+        if self.lr is not None and not (_finite(self.lr) and self.lr > 0):
+            problems.append(f"--lr must be a positive number, got {self.lr}")
+        if self.grad_clip is not None and not (_finite(self.grad_clip) and self.grad_clip >= 0):
+            problems.append(f"--grad-clip must be a positive number (or 0: no clipping), got {self.grad_clip}")
         for flag, value in (("--epochs", self.epochs), ("--batch-size", self.batch_size), ("--eval-batch-size", self.eval_batch_size)):
             if not value > 0:
                 problems.append(f"{flag} must be a positive integer, got {value}")
@@ -162,6 +167,17 @@ class TrainConfig:
     @property
     def resolved_lr(self) -> float:
         return self.lr if self.lr is not None else {"sgd": 0.05, "adamw": 1e-3}[self.optimizer]
+
+    @property
+    def resolved_warmup_fraction(self) -> float | None:
+        """The warm-up fraction the schedule uses; None when --warmup-steps decides."""
+        if self.warmup_steps is not None:
+            return None
+        return DEFAULT_WARMUP_FRACTION if self.warmup_fraction is None else self.warmup_fraction
+
+    @property
+    def resolved_grad_clip(self) -> float:
+        return self.grad_clip or 0.0
 
     @property
     def resolved_weight_decay(self) -> float:
@@ -206,6 +222,8 @@ class TrainConfig:
         """The fields that decide the trained weights (resolved defaults filled in)."""
         d = {k: v for k, v in self.to_dict().items() if k not in NOT_FINGERPRINTED}
         d["alpha"], d["lr"], d["weight_decay"] = self.resolved_alpha, self.resolved_lr, self.resolved_weight_decay
+        # Resolved, so that a changed default is a changed trajectory (named on resume), not a silent one.
+        d["warmup_fraction"], d["grad_clip"] = self.resolved_warmup_fraction, self.resolved_grad_clip
         # Paths are not identity (a moved file is the same data): the data's identity
         # (content hashes, sizes) is hashed next to these fields instead.
         d.pop("transfer"), d.pop("data")

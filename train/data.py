@@ -23,7 +23,8 @@ from train.stream import StreamSource
 from train.world import World
 from transferset.errors import UserError
 from transferset.inputs import InputSpec
-from transferset.io import expand_parquet_paths
+from transferset.io import expand_parquet_paths, file_sha256
+from transferset.progress import counted
 from transferset.format.manifest import MANIFEST, read_manifest
 
 
@@ -125,7 +126,7 @@ def _verify_transfer_set(directory: str) -> None:
     if problems:
         listing = "; ".join(f"{p.shard}: {p.problem}" for p in problems)
         raise UserError(
-            f"transfer set {directory} has {len(problems)} damaged shard(s) ({listing}); "
+            f"transfer set {directory} has {counted(len(problems), 'damaged shard')} ({listing}); "
             f"run `transferset verify {directory} --drop-bad` and rerun its generate, or restore the files"
         )
 
@@ -148,5 +149,9 @@ def _data_identity(cfg: TrainConfig, source: StreamSource) -> dict[str, Any]:
     files = []
     for f in expand_parquet_paths(list(cfg.data), "--data"):  # the same expansion the stream reads
         meta = pq.ParquetFile(f).metadata
-        files.append({"rows": meta.num_rows, "bytes": Path(f).stat().st_size, "schema": str(meta.schema.to_arrow_schema())})
+        # sha256 of the bytes, as generate keys its sources: a file rewritten with the
+        # same size, rows and schema is other data, and a resume must not mix the two.
+        # One streamed read (~1 GB/s), small next to an epoch.
+        files.append({"rows": meta.num_rows, "bytes": Path(f).stat().st_size, "schema": str(meta.schema.to_arrow_schema()),
+                      "sha256": file_sha256(Path(f))})
     return {"data_files": files, "rows": source.num_rows, "labelled": source.num_labelled, "num_classes": source.num_classes}

@@ -31,26 +31,34 @@ from typing import Any, Iterator
 import torch
 
 from train import checkpoint as ckpt
+from train import health
 from train.checkpoint import CHECKPOINTS, CONFIG, METRICS
 from train.config import TrainConfig
 from train.data import TrainingData, open_training_data
 from train.export import export_program, save_state_dict
 from train.losses import distillation_loss
 from train.metrics import EpochTable, MetricsLog, evaluate_sources
-from train.state import Position, TrainState, build_state, check_finite
+from train.state import Position, TrainState, build_state
 from train.stream import Batch, StreamDataset, StreamSource
 from train.students import jitter_images
 from train.world import World, refuse_multi_process
+from transferset import ownership
 from transferset.errors import UserError
 from transferset.io import atomic_write_json
-from transferset.progress import progress, say
+from transferset.progress import counted, progress, say
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
-    """Train (or resume) the run in `cfg.out`; returns the last epoch's metrics record."""
+    """Train (or resume) the run in `cfg.out`; returns the last epoch's metrics record.
+    The run owns `cfg.out` until it returns (transferset/ownership.py)."""
     cfg.validate()
+    with ownership.scope():
+        return _train(cfg)
+
+
+def _train(cfg: TrainConfig) -> dict[str, Any]:
     out = Path(cfg.out)
 
     # -- 0. the world: one process (DDP is a later step), its device ----------------------
@@ -62,15 +70,18 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     # -- 1. data -------------------------------------------------------------------
     data = open_training_data(cfg, world)
 
-    # -- 2. run directory: fingerprint, then start / resume / refuse ------------------
+    # -- 3 before 2. model, optimiser, schedule: built before the run directory is touched,
+    # so that a student that cannot be built leaves nothing that refuses the corrected command
+    state = build_state(cfg, num_classes=data.num_classes, input_shape=data.input_shape, total_steps=data.total_steps,
+                        warmup_steps=data.warmup_steps, device=world.device, checkpoint=None)
+
+    # -- 2. run directory: claim it, fingerprint, then start / resume / refuse ------------------
     fingerprint = cfg.fingerprint(data.identity)
     checkpoint = ckpt.prepare_run_dir(cfg, out, fingerprint, data.identity, data.resolved(cfg))
-
-    # -- 3. model, optimiser, schedule (restored when resuming) ---------------------------
-    state = build_state(cfg, num_classes=data.num_classes, input_shape=data.input_shape, total_steps=data.total_steps,
-                        warmup_steps=data.warmup_steps, device=world.device, checkpoint=checkpoint)
+    if checkpoint is not None:  # resuming: weights, optimiser, schedule, RNGs, position
+        state.restore(checkpoint)
     if checkpoint is not None and state.pos.epoch >= cfg.epochs:
-        say(f"{out} is already trained ({cfg.epochs} epochs); writing its outputs again", cfg.quiet)
+        say(f"{out} is already trained ({counted(cfg.epochs, 'epoch')}); writing its outputs again", cfg.quiet)
     elif checkpoint is not None:
         pos = state.pos
         say(f"resuming {out} at epoch {pos.epoch + 1}, batch {pos.batch_in_epoch} of {data.steps_per_epoch} (step {pos.step})", cfg.quiet)
@@ -84,12 +95,15 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     record: dict[str, Any] = logged[-1] if logged else {}
     while state.pos.epoch < cfg.epochs:
         record = _train_epoch(cfg, data, state, world, save)
+        _check_health(record, cfg, log, out)  # a diverged epoch stops here, before its checkpoint
         # The log line first, then the checkpoint: a kill in between resumes from an
         # older checkpoint, which drops this line (keep_until) and logs the epoch again.
         log.append(record)
         table.show(record)
         state.next_epoch()
         save()
+    if record.get("health"):
+        health.warn(record["health"], record, cfg)
 
     # -- 5. outputs ---------------------------------------------------------------------
     save_state_dict(state.model, out)
@@ -98,6 +112,21 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     atomic_write_json(out / CONFIG, {**config_doc, "finished": True, "final": record})
     say(f"student saved to {out}/student.pt and {out}/student.pt2", cfg.quiet)
     return record
+
+
+def _check_health(record: dict[str, Any], cfg: TrainConfig, log: MetricsLog, out: Path) -> None:
+    """Stop a diverged run (train/health.py's rules) with its last record logged and in
+    config.json, marked "stopped"; or mark the last epoch's record with its warnings."""
+    try:
+        flags = health.check_epoch(record, last=record["epoch"] == cfg.epochs, cfg=cfg)
+    except UserError as stop:
+        record["health"] = ["stopped", "diverged"]
+        log.append(record)  # dropped again (keep_until) when a rerun resumes before this epoch
+        config_doc = json.loads((out / CONFIG).read_text())
+        atomic_write_json(out / CONFIG, {**config_doc, "finished": False, "final": record, "stopped": str(stop)})
+        raise
+    if flags:
+        record["health"] = flags
 
 
 def _train_epoch(cfg: TrainConfig, data: TrainingData, state: TrainState, world: World, save) -> dict[str, Any]:
@@ -112,15 +141,20 @@ def _train_epoch(cfg: TrainConfig, data: TrainingData, state: TrainState, world:
             bar.advance(len(batch))
             if cfg.checkpoint_every and pos.step % cfg.checkpoint_every == 0 and pos.batch_in_epoch < data.steps_per_epoch:
                 save()
-    seconds = time.perf_counter() - started
-    check_finite(state.sums, pos)
+    seconds = time.perf_counter() - started  # a non-finite loss is health.check_epoch's to report, with the record logged
     seen = max(state.sums["rows"], 1)
+    class_rows = state.sums["class_rows"].reshape(-1)
+    train_labelled = int(class_rows.sum())
     record = {
         "epoch": pos.epoch + 1,
         "step": pos.step,
         "train_loss": float(state.sums["loss"]) / seen,
         "train_soft": float(state.sums["soft"]) / seen,
         "train_hard": float(state.sums["hard"]) / seen,
+        "train_baseline": float(state.sums["baseline"]) / seen,  # the loss of all-zero logits (train/health.py)
+        "train_accuracy": int(state.sums["correct"]) / train_labelled if train_labelled else None,
+        "train_labelled": train_labelled,
+        "train_majority": int(class_rows.max()) / train_labelled if train_labelled else None,
         "lr": state.scheduler.get_last_lr()[0],
         "seconds": seconds,
         "rows_per_s": rows_left / seconds if seconds > 0 else None,
@@ -161,8 +195,23 @@ def train_step(state: TrainState, batch: Batch, cfg: TrainConfig, temperature: f
     state.sums["soft"] += parts["soft"].double() * rows
     state.sums["hard"] += parts["hard"].double() * rows
     state.sums["rows"] += rows
+    _add_health_sums(state.sums, logits.detach(), batch, cfg, temperature)
     state.pos.batch_in_epoch += 1
     state.pos.step += 1
+
+
+def _add_health_sums(sums: dict[str, Any], logits: torch.Tensor, batch: Batch, cfg: TrainConfig, temperature: float) -> None:
+    """What train/health.py compares the epoch with: the loss all-zero logits would
+    score on this batch, and the argmax hits and class counts on its labelled rows.
+    Device tensors only, no host sync; one extra loss on [B, C] zeros per step."""
+    with torch.no_grad():
+        constant, _ = distillation_loss(torch.zeros_like(logits, dtype=torch.float32), batch.targets, batch.labels,
+                                        alpha=cfg.resolved_alpha, temperature=temperature, kind=cfg.loss)
+        sums["baseline"] += constant.double() * batch.labels.shape[0]
+        labelled = batch.labels >= 0
+        y = batch.labels[labelled]  # [L]
+        sums["correct"] += (logits[labelled].argmax(dim=-1) == y).sum()
+        sums["class_rows"] = sums["class_rows"] + torch.bincount(y, minlength=logits.shape[1])  # [C]
 
 
 def _batches(source: StreamSource, cfg: TrainConfig, pos: Position, world: World) -> Iterator[Batch]:

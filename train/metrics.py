@@ -224,23 +224,35 @@ class MetricsLog:
 
 
 # (record key, table header, format, width): fits an 80-column terminal.
-EPOCH_COLUMNS = (
+TRAIN_COLUMNS = (
     ("epoch", "epoch", "{}", 5),
     ("step", "step", "{}", 7),
     ("train_loss", "loss", "{:.4f}", 7),
     ("lr", "lr", "{:.2e}", 8),
+)
+EVAL_COLUMNS = (
     ("accuracy", "acc", "{:.4f}", 6),
-    ("errors", "errors", "{}", 6),
+    ("errors", "errors", "{:,}", 6),
     ("nll", "nll", "{:.4f}", 7),
     ("ece", "ece", "{:.4f}", 6),
     ("agreement", "agree", "{:.4f}", 6),
-    ("rows_per_s", "rows/s", "{:,.0f}", 9),
 )
+SPEED_COLUMN = ("rows_per_s", "rows/s", "{:,.0f}", 9)
+
+
+def short_names(paths: Iterable[str]) -> dict[str, str]:
+    """{path: short name}: the file or directory name without `.parquet`; the whole
+    path where two would share a name."""
+    paths = list(paths)
+    names = {p: Path(p.rstrip("/")).name.removesuffix(".parquet") or p for p in paths}
+    shared = {n for n in names.values() if list(names.values()).count(n) > 1}
+    return {p: (p if n in shared else n) for p, n in names.items()}
 
 
 class EpochTable:
-    """A rich table grown one row per epoch on a terminal; plain lines otherwise.
-    Shown by the main process (rank 0 of `world`) only."""
+    """One row per epoch: the training columns, then each --eval set's metrics under
+    its short name. A rich table on a terminal; plain `key=value` lines otherwise.
+    Shown by the main process (rank 0 of `world`) only, on stderr (progress, not results)."""
 
     def __init__(self, quiet: bool = False, stream=None, world: World = SINGLE_PROCESS) -> None:
         self.stream = stream or sys.stderr
@@ -251,16 +263,57 @@ class EpochTable:
     def show(self, record: dict[str, Any]) -> None:
         if self.quiet:  # --quiet: the metrics still go to metrics.jsonl (and --json)
             return
-        cells = {key: fmt.format(record[key]) for key, _, fmt, _ in EPOCH_COLUMNS if record.get(key) is not None}
+        groups = self._groups(record)  # [(title, [(header, cell, width)])]
         if not self.rich:
-            print("  ".join(f"{k}={v}" for k, v in cells.items()), file=self.stream, flush=True)
+            print("  ".join(" ".join(f"{head}={cell}" for head, cell, _ in cells) if not title else
+                            f"{title}: " + " ".join(f"{head}={cell}" for head, cell, _ in cells) for title, cells in groups),
+                  file=self.stream, flush=True)
             return
         from rich.console import Console
         from rich.table import Table
 
         table = Table(show_header=not self.header_shown, box=None, pad_edge=False, padding=(0, 0, 0, 1))
-        for _, header, _, width in EPOCH_COLUMNS:
-            table.add_column(header, justify="right", width=width, no_wrap=True)
-        table.add_row(*(cells.get(key, "-") for key, _, _, _ in EPOCH_COLUMNS))
+        for title, cells in groups:
+            for head, _, width in cells:
+                header = f"{title} {head}" if title else head
+                table.add_column(header, justify="right", width=max(width, len(header)), no_wrap=True)
+        table.add_row(*(cell for _, cells in groups for _, cell, _ in cells))
         Console(file=self.stream).print(table)
         self.header_shown = True
+
+    def _groups(self, record: dict[str, Any]) -> list[tuple[str, list[tuple[str, str, int]]]]:
+        """[(title, [(header, cell, width)])]: the training columns, each eval set's
+        (every metric in plain lines; on a terminal accuracy and agreement only when
+        there are several sets, to fit its width), the speed."""
+        def cells(metrics: dict[str, Any], columns) -> list[tuple[str, str, int]]:
+            return [(head, fmt.format(metrics[key]) if metrics.get(key) is not None else "-", width) for key, head, fmt, width in columns]
+
+        groups = [("", cells(record, TRAIN_COLUMNS))]
+        evals = record.get("eval") or {}
+        names = short_names(evals)
+        brief = self.rich and len(evals) > 1
+        for path, metrics in evals.items():
+            # unlabelled sets have no accuracy; only transfer sets give agreement
+            columns = [c for c in EVAL_COLUMNS if c[0] in metrics and (not brief or c[0] in ("accuracy", "agreement"))]
+            groups.append((names[path], cells(metrics, columns)))
+        groups.append(("", cells(record, (SPEED_COLUMN,))))
+        return groups
+
+
+def summary_lines(record: dict[str, Any], out: Path) -> list[str]:
+    """The run's result, for stdout: the final training loss, one line per --eval set, the student."""
+    from transferset.progress import counted
+
+    lines = [f"trained {out}: {counted(record['epoch'], 'epoch')}, {counted(record['step'], 'step')}, final train loss {record['train_loss']:.4f}"
+             + (f" (health: {', '.join(record['health'])})" if record.get("health") else "")]
+    evals = record.get("eval") or {}
+    names = short_names(evals)
+    for path, m in evals.items():
+        parts = [f"{m['rows']:,} rows"]
+        if m.get("labelled"):
+            parts += [f"accuracy {m['accuracy']:.4f}", f"errors {m['errors']:,}", f"nll {m['nll']:.4f}", f"ece {m['ece']:.4f}"]
+        if "agreement" in m:
+            parts.append(f"agreement {m['agreement']:.4f}")
+        lines.append(f"  {names[path]}: " + ", ".join(parts))
+    lines.append(f"  student: {out / 'student.pt2'}")
+    return lines

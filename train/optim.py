@@ -18,6 +18,17 @@ import torch
 OPTIMIZERS = ("sgd", "adamw")
 DEFAULT_LR = {"sgd": 0.05, "adamw": 1e-3}
 DEFAULT_WEIGHT_DECAY = {"sgd": 0.0, "adamw": 0.01}
+# Defaults that let the built-in students train without tuning. The KD term's
+# gradient at temperature T is up to T times hard CE's early on (T^2 KL(p_T || q_T)
+# has gradient T (q_T - p_T) in the logits): at lr 0.05 with momentum 0.9 a CNN
+# student stayed at a constant prediction in the issue's full-MNIST run, and was weak
+# in ours. A norm clip and a short warm-up (the lr is unchanged) fix that. Measured with default flags
+# (accuracy before -> after): KD (T = 4, alpha 0.9) CNN 0.820 -> 0.965 on the digits
+# (10 epochs) and 0.735 -> 0.901 on 5,000 MNIST rows (2 epochs); the MLP and the
+# hard-label students moved by -0.000 to +0.009. Clip 1 instead of 5 cost the MNIST
+# KD MLP 4.6 points (0.864 -> 0.819).
+DEFAULT_GRAD_CLIP = 5.0
+DEFAULT_WARMUP_FRACTION = 0.05
 
 
 def build_optimizer(
@@ -58,9 +69,9 @@ def build_scheduler(
 
 
 def resolve_warmup(total_steps: int, warmup_steps: int | None, warmup_fraction: float | None) -> int:
-    """--warmup-steps N, or --warmup-fraction F of all steps (rounded), or none."""
+    """--warmup-steps N, or --warmup-fraction F of all steps (rounded), else
+    DEFAULT_WARMUP_FRACTION of them; `--warmup-steps 0` turns warm-up off."""
     if warmup_steps is not None:
         return min(warmup_steps, total_steps)
-    if warmup_fraction is not None:
-        return min(round(warmup_fraction * total_steps), total_steps)
-    return 0
+    fraction = DEFAULT_WARMUP_FRACTION if warmup_fraction is None else warmup_fraction
+    return min(round(fraction * total_steps), total_steps)

@@ -52,7 +52,8 @@ class TrainState:
             self.scaler.load_state_dict(checkpoint["scaler"])
         ckpt.set_rng_state(checkpoint["rng"])
         self.pos = Position(**checkpoint["position"])
-        self.sums = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in checkpoint["epoch_sums"].items()}
+        restored = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in checkpoint["epoch_sums"].items()}
+        self.sums = {**zero_sums(self.device), **restored}  # a checkpoint from before the health sums: those start at 0
 
     def to_checkpoint(self, fingerprint: str) -> dict[str, Any]:
         """What `checkpoint.save_checkpoint` writes; refuses a diverged loss first."""
@@ -97,12 +98,18 @@ def seed_everything(seed: int) -> None:
 
 
 def zero_sums(device: torch.device) -> dict[str, Any]:
-    """The epoch's running sums: loss parts x rows (float64 scalars), and rows."""
+    """The epoch's running sums: loss parts x rows (float64 scalars), and rows; for
+    train/health.py the loss of all-zero logits x rows ("baseline"), and on labelled
+    rows the correct argmaxes and the count per class (int64; "class_rows" grows
+    to [C] at the first labelled batch)."""
     zero = torch.zeros((), dtype=torch.float64, device=device)
-    return {"loss": zero.clone(), "soft": zero.clone(), "hard": zero.clone(), "rows": 0}
+    count = torch.zeros((), dtype=torch.int64, device=device)
+    return {"loss": zero.clone(), "soft": zero.clone(), "hard": zero.clone(), "baseline": zero.clone(),
+            "correct": count.clone(), "class_rows": count.clone(), "rows": 0}
 
 
 def check_finite(sums: dict[str, Any], pos: Position) -> None:
     loss = float(sums["loss"])
     if not math.isfinite(loss):
-        raise UserError(f"training diverged: the loss is {loss} in epoch {pos.epoch + 1} (step {pos.step}); lower --lr or set --grad-clip")
+        raise UserError(f"training diverged: the loss is {loss} in epoch {pos.epoch + 1} (step {pos.step}); "
+                        f"try a lower --lr, a smaller --grad-clip or a longer --warmup-fraction, and rerun with --overwrite")

@@ -36,6 +36,7 @@ from transferset.format.provenance import Provenance
 from transferset.format.schema import LABEL
 from transferset.format.shards import mixed_shards_message, shard_mismatch
 from transferset.inputs import InputSpec
+from transferset.progress import counted
 
 # Shuffle window: whole row groups whose rows take at most this many bytes as window
 # tensors (float32 inputs and targets, int64 labels), at least one row group. A byte
@@ -87,7 +88,7 @@ class StreamSource:
         if self.num_rows == 0:
             raise UserError("the data has 0 rows; point at non-empty Parquet files")
         if (window_rows is not None and window_rows < 1) or window_bytes < 1:
-            raise UserError(f"the shuffle window ({window_rows} rows, {window_bytes} bytes) must be positive")
+            raise UserError(f"the shuffle window ({counted(window_rows, 'row')}, {counted(window_bytes, 'byte')}) must be positive")
         self.input_spec = input_spec
         self.num_classes = num_classes
         self.num_labelled = num_labelled
@@ -129,7 +130,7 @@ class StreamSource:
         for record, path in zip(manifest.shards, manifest.shard_paths()):
             pf = open_parquet(str(path))
             if pf.metadata.num_rows != record.rows:
-                raise UserError(f"{path} has {pf.metadata.num_rows} rows but manifest.json says {record.rows}; the transfer set is damaged, regenerate it")
+                raise UserError(f"{path} has {counted(pf.metadata.num_rows, 'row')} but manifest.json says {record.rows:,}; the transfer set is damaged, regenerate it")
             arrow_schema = pf.schema_arrow
             mismatch = shard_mismatch(provenance, arrow_schema)
             if mismatch:
@@ -174,20 +175,20 @@ class StreamSource:
         if batch_size < 1:
             raise UserError(f"batch size {batch_size} must be >= 1")
         if not drop_last and self.num_rows < world.world_size:
-            raise UserError(f"{self.num_rows} rows cannot be split over {world.world_size} ranks; use fewer ranks or more data")
+            raise UserError(f"{counted(self.num_rows, 'row')} cannot be split over {counted(world.world_size, 'rank')}; use fewer ranks or more data")
         return order.rank_part(self.num_rows, batch_size, world.world_size, world.rank, drop_last)
 
     def _batches(self, *, batch_size, seed, epoch, start_batch, shuffle, world, drop_last, columns_extra,
                  worker: int = 0, num_workers: int = 1) -> Iterator[Batch]:
         part = self._part(batch_size, world, drop_last)
         if part.num_batches == 0:
-            raise UserError(f"{self.num_rows} rows give no full batch of {batch_size} per rank over {world.world_size} rank(s) with drop_last; lower the batch size")
+            raise UserError(f"{counted(self.num_rows, 'row')} give no full batch of {batch_size:,} per rank over {counted(world.world_size, 'rank')} with drop_last; lower the batch size")
         if not 0 <= start_batch <= part.num_batches:
             raise UserError(f"resume position {start_batch} is outside this epoch's {part.num_batches} batches; the data, batch size or world size changed since the checkpoint")
         extra = tuple(dict.fromkeys(columns_extra))
         missing = [name for name in extra if name not in self._columns]
         if missing:
-            raise UserError(f"extra column(s) {', '.join(missing)} not in the data (columns: {', '.join(sorted(self._columns))})")
+            raise UserError(f"extra {'column' if len(missing) == 1 else 'columns'} {', '.join(missing)} not in the data (columns: {', '.join(sorted(self._columns))})")
         plan = order.epoch_plan([g.rows for g in self._row_groups], seed, epoch, self._window, shuffle)
         mine = order.resume_worker_batches(part.num_batches, num_workers, worker, start_batch)
         return self._read(plan, part, mine.start, mine.stop, extra)

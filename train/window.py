@@ -28,6 +28,7 @@ from train import order
 from transferset.errors import UserError, first_line
 from transferset.inputs import InputSpec
 from transferset.labels import LabelStats, check_label_range
+from transferset.progress import counted
 
 if TYPE_CHECKING:
     from transferset.format.codecs import TargetCodec
@@ -45,8 +46,10 @@ class RowGroup:
 
 
 def open_parquet(path: str) -> pq.ParquetFile:
+    """Every page's CRC32 is checked where the writer stored one (shards since page
+    checksums were added; files without them read as before)."""
     try:
-        return pq.ParquetFile(path, pre_buffer=False, buffer_size=_READ_BUFFER)
+        return pq.ParquetFile(path, pre_buffer=False, buffer_size=_READ_BUFFER, page_checksum_verification=True)
     except (pa.ArrowException, OSError, ValueError) as error:
         raise UserError(f"{path} cannot be read as Parquet ({first_line(error)}); the file is damaged or truncated: restore or regenerate it") from None
 
@@ -69,7 +72,7 @@ def read_window(window: order.Window, extra: tuple, *, row_groups: list[RowGroup
         except (pa.ArrowException, OSError, ValueError) as error:
             raise UserError(f"{ref.path}: row group {ref.index} cannot be read ({first_line(error)}); the file is damaged or truncated: restore or regenerate it") from None
         if table.num_rows != ref.rows:
-            raise UserError(f"{ref.path}: row group {ref.index} has {table.num_rows} rows, its footer says {ref.rows}; the file is damaged: restore or regenerate it")
+            raise UserError(f"{ref.path}: row group {ref.index} has {counted(table.num_rows, 'row')}, its footer says {ref.rows:,}; the file is damaged: restore or regenerate it")
         rows = slice(offset, offset + ref.rows)
         # Written through NumPy views: Arrow's buffers are read-only, and the assignment
         # is the one copy (and the one float16 -> float32 conversion) these columns get.

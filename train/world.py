@@ -24,6 +24,7 @@ import torch
 
 from transferset.devices import resolve_device
 from transferset.errors import UserError
+from transferset.progress import counted
 
 _ONE_PROCESS = "unset WORLD_SIZE, RANK and LOCAL_RANK to run one process, or launch with torchrun"
 
@@ -110,8 +111,8 @@ def _device(text: str, world_size: int, local_rank: int) -> torch.device:
         if device.index is not None:
             raise UserError(f"--device {text} names one GPU for all {world_size} processes; use --device cuda or auto (each process takes cuda:LOCAL_RANK)")
         if local_rank >= count:
-            raise UserError(f"LOCAL_RANK={local_rank} but only {count} GPU(s) are visible; start at most {count} processes per machine")
+            raise UserError(f"LOCAL_RANK={local_rank} but only {counted(count, 'GPU')} {'is' if count == 1 else 'are'} visible; start at most {count} processes per machine")
         return torch.device("cuda", local_rank)
     if device.index is not None and device.index >= count:
-        raise UserError(f"--device {text}: only {count} GPU(s) visible; use cuda:0..cuda:{count - 1}")
+        raise UserError(f"--device {text}: only {counted(count, 'GPU')} visible; use cuda:0..cuda:{count - 1}")
     return device

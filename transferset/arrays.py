@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from transferset.errors import UserError
+from transferset.errors import UserError, first_line
 
 SUPPORTED = ".npy, .npz (name the array with a key), IDX (e.g. train-images-idx3-ubyte or x.idx, plain or .gz)"
 
@@ -68,7 +68,7 @@ def _load_npy(path: Path) -> np.ndarray:
             shape, _fortran, dtype = read_header(f)
             data_start = f.tell()
     except (ValueError, OSError, EOFError) as error:
-        raise UserError(f"{path} is not a readable .npy file ({error}); re-save it with numpy.save") from None
+        raise UserError(f"{path} is not a readable .npy file ({first_line(error)}); re-save it with numpy.save") from None
     if dtype.hasobject or dtype.fields is not None:
         raise UserError(f"{path} holds {dtype} values, not plain numbers; save a numeric array with numpy.save")
     expected = data_start + math.prod(shape) * dtype.itemsize
@@ -89,7 +89,7 @@ def _load_npz_member(path: Path, key: str | None, flag: str) -> np.ndarray:
     except UserError:
         raise
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as error:
-        raise UserError(f"{path} is not a readable .npz archive ({error}); re-save it with numpy.savez") from None
+        raise UserError(f"{path} is not a readable .npz archive ({first_line(error)}); re-save it with numpy.savez") from None
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
@@ -107,7 +107,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
             with gzip.open(path, "rb") as f:
                 return _parse_idx_stream(f, path)
         except (OSError, EOFError, zlib.error) as error:
-            raise UserError(f"{path} is truncated or not valid gzip ({error}); download it again") from None
+            raise UserError(f"{path} is truncated or not valid gzip ({first_line(error)}); download it again") from None
     with open(path, "rb") as f:
         dims, dtype, header_len = _parse_idx_header(f, path)
     expected = header_len + math.prod(dims) * dtype.itemsize

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
@@ -195,6 +196,7 @@ def write_source(
     Reads `images` one row group at a time, so a memory-mapped array stays on disk.
     """
     out = Path(out)
+    check_out_folder(out)
     if out.is_dir():
         raise UserError(f"--out {out} is a directory; give a file name like {out / 'source.parquet'}")
     if out.exists() and not options.overwrite:
@@ -231,10 +233,50 @@ def write_source(
         write_row_groups(sink, schema, blocks, labels if labelled else None, dtype, selection.count, where, quiet)
 
     out.parent.mkdir(parents=True, exist_ok=True)
+    remove_dead_temp_files(out.parent)
     # atomic_write writes `.NAME.tmp-PID` beside `out` (hidden: no reader takes it for a
     # source) and renames it into place only when whole.
     atomic_write(out, write)
     return ConvertResult(out, selection.count, selection.excluded, shape, dtype.name, labelled, hint, note, metadata)
+
+
+def check_out_folder(out: Path) -> None:
+    """Refuse an --out below a regular file (`data.npy/x.parquet`) before any work."""
+    for folder in out.parents:
+        if folder.exists() or folder.is_symlink():
+            if not folder.is_dir():
+                raise UserError(f"--out {str(out)!r}: {str(folder)!r} is a file, not a folder; give a path in a folder")
+            return
+
+
+# A temp file atomic_write leaves when its process is killed: `.NAME.parquet.tmp-PID`.
+_TEMP_FILE = re.compile(r"^\..+\.parquet\.tmp-(\d+)$")
+
+
+def remove_dead_temp_files(folder: Path) -> list[Path]:
+    """Delete the Parquet temp files in `folder` whose writer process is gone (a
+    convert killed mid-write), so that kills do not pile up hidden copies of the data.
+    A temp file of a live process (another convert writing now) is left alone."""
+    removed = []
+    for path in folder.iterdir():
+        found = _TEMP_FILE.match(path.name)
+        if found and int(found.group(1)) != os.getpid() and not _alive(int(found.group(1))) and path.is_file():
+            try:
+                path.unlink()
+            except FileNotFoundError:  # another convert cleaned it up first
+                continue
+            removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # someone else's process (or a number we cannot ask about): keep its file
+    return True
 
 
 # -- files in, file out -----------------------------------------------------------
@@ -251,6 +293,7 @@ def convert_files(
 ) -> ConvertResult:
     """Load the files named on the command line and write them as a source at `out`."""
     out_path = Path(out)
+    check_out_folder(out_path)
     inputs = [Path(images)] + ([Path(labels)] if labels is not None else [])
     if out_path.exists() and any(p.exists() and out_path.resolve() == p.resolve() for p in inputs):
         raise UserError(f"--out {out_path} is one of the input files; write to a new file")

@@ -152,10 +152,10 @@ class InputSpec:
         values = fixed.flatten().to_numpy(zero_copy_only=False)
         # One float32 copy that the model owns (Arrow's buffers are read-only);
         # for uint8 pixels this copy is the int -> float conversion anyway.
-        x = np.array(values, dtype=np.float32).reshape(len(fixed), *self.shape)
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported below, by row
+            x = np.array(values, dtype=np.float32).reshape(len(fixed), *self.shape)
         if np.issubdtype(values.dtype, np.floating) and not np.isfinite(x).all():  # integers are always finite
-            bad = (first_row + np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(axis=1))[:5]).tolist()
-            raise UserError(f"{where}: input column {self.columns[0]!r} has NaN/Inf values (rows {bad}); clean the source")
+            self._refuse_non_finite(values.reshape(len(fixed), -1), x.reshape(len(fixed), -1), where, first_row)
         if self.scale != 1.0:
             x *= np.float32(self.scale)
         if self.mean is not None:
@@ -163,6 +163,21 @@ class InputSpec:
         if self.std is not None:
             x /= self._per_channel(self.std)
         return torch.from_numpy(x)
+
+    def _refuse_non_finite(self, values: np.ndarray, x: np.ndarray, where: str, first_row: int) -> None:
+        """NaN/Inf in the stored values, or finite float64 values beyond float32's range
+        (1e300 becomes inf in the conversion: the data is not NaN, it is too large)."""
+        column = self.columns[0]
+        stored_bad = ~np.isfinite(values).all(axis=1)
+        if stored_bad.any():
+            bad = (first_row + np.flatnonzero(stored_bad)[:5]).tolist()
+            raise UserError(f"{where}: input column {column!r} has NaN/Inf values (rows {bad}); clean the source")
+        row = int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])
+        value = values[row][~np.isfinite(x[row])][0]
+        raise UserError(
+            f"{where}: input column {column!r} row {first_row + row} holds {value:g}, which overflows float32 "
+            f"(largest {np.finfo(np.float32).max:.3g}); models read float32: rescale the source values"
+        )
 
     def _per_channel(self, values: tuple[float, ...]) -> np.ndarray:
         v = np.asarray(values, dtype=np.float32)
@@ -201,7 +216,7 @@ def load_callable(spec: str, flag: str) -> Callable:
     try:
         module = importlib.import_module(module_name)
     except ImportError as error:
-        raise UserError(f"{flag} {spec!r}: cannot import {module_name!r} ({error}); is it installed or on PYTHONPATH?") from None
+        raise UserError(f"{flag} {spec!r}: cannot import {module_name!r} ({first_line(error)}); is it installed or on PYTHONPATH?") from None
     except Exception as error:  # the module itself is broken (SyntaxError, an error at import time)
         raise UserError(f"{flag} {spec!r}: importing {module_name!r} failed ({type(error).__name__}: {first_line(error)}); fix that module") from None
     fn = getattr(module, attr, None)

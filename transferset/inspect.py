@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 from transferset.errors import UserError, first_line
 from transferset.format.codecs import get_codec
-from transferset.format.manifest import read_manifest
+from transferset.format.manifest import Manifest, read_manifest
 from transferset.format.schema import LABEL, LOGITS, SOURCE, TEACHER_LOGITS
-from transferset.format.shards import check_shards_match
+from transferset.format.shards import check_shard, check_shards_match
 
 if TYPE_CHECKING:
     import polars as pl
@@ -35,11 +35,26 @@ def entropy_expr(temperature: float) -> pl.Expr:
     return sum_exp.log() - z.list.eval(pl.element().exp() * pl.element()).list.sum() / sum_exp
 
 
+def check_shards_intact(manifest: Manifest) -> None:
+    """polars does not check Parquet page CRCs (2.1, measured: a flipped bit in a
+    float page reads as a different value), so every shard's SHA-256 is checked
+    against the manifest first: one sequential read, a fraction of the query's time
+    (docs/benchmarks.md, "Integrity checks")."""
+    for record in manifest.shards:
+        problem = check_shard(manifest.directory, record)
+        if problem:
+            raise UserError(
+                f"{manifest.directory / record.path}: {problem}; the transfer set is damaged: "
+                f"run `transferset verify {manifest.directory} --drop-bad` and rerun its generate"
+            )
+
+
 def summarize(directory: str) -> dict[str, Any]:
     import polars as pl
 
     manifest = read_manifest(directory)
     check_shards_match(manifest)
+    check_shards_intact(manifest)
     prov = manifest.provenance
     files = [str(p) for p in manifest.shard_paths()]
     frame = pl.scan_parquet(files)
@@ -70,7 +85,7 @@ def summarize(directory: str) -> dict[str, Any]:
             .collect(engine="streaming")
             .to_dicts()
         )
-    except pl.exceptions.PolarsError as error:  # a damaged page inside a shard (inspect reads, it does not checksum)
+    except pl.exceptions.PolarsError as error:  # a shard changed after its checksum was checked
         reason = first_line(error)
         raise UserError(
             f"transfer set {str(directory)!r} has a shard that cannot be read ({reason}); "
@@ -80,7 +95,7 @@ def summarize(directory: str) -> dict[str, Any]:
     teachers = []
     for i, t in enumerate(prov.teachers):
         teachers.append({
-            "name": t["name"], "format": t["format"], "weight": t["weight"], "sha256": t["sha256"],
+            "name": t.get("name"), "format": t.get("format"), "weight": t.get("weight"), "sha256": t.get("sha256"),
             "accuracy": totals.get(f"teacher_{i}_accuracy"),
             "agrees_with_ensemble": totals.get(f"teacher_{i}_agrees_with_ensemble"),
         })

@@ -70,12 +70,12 @@ class _RichBar(Progress):
     def __init__(self, description: str, total: int | None, stream) -> None:
         super().__init__(description, total)
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import BarColumn, Progress as RichProgress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
         self._bar = RichProgress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
-            MofNCompleteColumn(),
+            TextColumn("{task.fields[count]}"),  # rich's MofNCompleteColumn prints 60000/60000: no separators
             TextColumn("{task.fields[rate]} rows/s"),
             TimeElapsedColumn(),
             TextColumn("ETA"),
@@ -84,11 +84,14 @@ class _RichBar(Progress):
             transient=False,
         )
         self._bar.start()
-        self._task = self._bar.add_task(description, total=total, rate="-")
+        self._task = self._bar.add_task(description, total=total, rate="-", count=self._count())
+
+    def _count(self) -> str:
+        return f"{self.done:,}/{self.total:,}" if self.total else f"{self.done:,}"
 
     def advance(self, rows: int) -> None:
         super().advance(rows)
-        self._bar.update(self._task, advance=rows, rate=f"{self.rate():,.0f}")
+        self._bar.update(self._task, advance=rows, rate=f"{self.rate():,.0f}", count=self._count())
 
     def close(self, failed: bool = False) -> None:
         self._bar.stop()
@@ -110,6 +113,11 @@ def progress(description: str, total: int | None, quiet: bool = False, stream=No
         bar.close(failed=True)
         raise
     bar.close()
+
+
+def counted(n: int, noun: str, plural: str | None = None) -> str:
+    """counted(1, "shard") -> "1 shard"; counted(60000, "row") -> "60,000 rows"."""
+    return f"{n:,} {noun if n == 1 else (plural or noun + 's')}"
 
 
 def say(message: str, quiet: bool = False) -> None:

@@ -15,7 +15,8 @@ the next run deletes: never a file that looks finished but is not
 A write the file system refuses (disk full, read-only, ...) deletes the temp
 file and reaches the caller as a one-line UserError naming the shard.
 
-Encoding: `format.schema.parquet_options` (zstd-1, BYTE_STREAM_SPLIT floats).
+Encoding: `format.schema.parquet_options` (zstd-1, BYTE_STREAM_SPLIT float32, PLAIN float16,
+page CRCs that every reader in this package verifies).
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 
+from train.config import DEFAULT_GRAD_CLIP, DEFAULT_WARMUP_FRACTION
 from transferset.commands.flags import add_input_flags, add_threads_flag, apply_threads, input_spec_from_flags
 
 HELP = "train a student from a transfer set (no teacher loaded) or from labelled Parquet"
@@ -41,10 +42,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lr", type=float, metavar="LR", help="peak learning rate (default: 0.05 sgd, 1e-3 adamw)")
     g.add_argument("--momentum", type=float, default=0.9, metavar="M", help="SGD momentum (default: 0.9)")
     g.add_argument("--weight-decay", type=float, metavar="WD", help="default: 0 sgd, 0.01 adamw")
-    g.add_argument("--warmup-steps", type=int, metavar="N", help="linear warm-up steps before the cosine decay")
-    g.add_argument("--warmup-fraction", type=float, metavar="F", help="warm-up as a fraction of all steps (instead of --warmup-steps)")
+    g.add_argument("--warmup-steps", type=int, metavar="N", help="linear warm-up steps before the cosine decay (default: --warmup-fraction's; 0: none)")
+    g.add_argument("--warmup-fraction", type=float, metavar="F",
+                   help=f"warm-up as a fraction of all steps, instead of --warmup-steps (default: {DEFAULT_WARMUP_FRACTION})")
     g.add_argument("--min-lr-ratio", type=float, default=0.0, metavar="R", help="cosine decays to lr * this (default: 0)")
-    g.add_argument("--grad-clip", type=float, metavar="NORM", help="clip the gradient norm to this")
+    g.add_argument("--grad-clip", type=float, default=DEFAULT_GRAD_CLIP, metavar="NORM",
+                   help=f"clip the gradient norm to this; 0: no clipping (default: {DEFAULT_GRAD_CLIP})")
     g.add_argument("--epochs", type=int, default=10, metavar="N", help="passes over the data (default: 10)")
     g.add_argument("--batch-size", type=int, default=128, metavar="B", help="rows per optimiser step (default: 128)")
     g.add_argument("--seed", type=int, default=0, metavar="S", help="seeds the init, the batch order, dropout and jitter (default: 0)")
@@ -57,7 +60,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--workers", type=int, default=0, metavar="N", help="DataLoader worker processes (default 0: on 2 cores workers are slower)")
 
     g = p.add_argument_group("evaluation")
-    g.add_argument("--eval", action="append", metavar="PATH", help="labelled Parquet (or a transfer set) evaluated after each epoch (repeatable)")
+    g.add_argument("--eval", action="append", metavar="PATH",
+                   help="labelled Parquet (or a transfer set) evaluated after each epoch (repeatable; default: none)")
     g.add_argument("--eval-label-column", default=None, metavar="NAME", help="label column of --eval data (default: --label-column)")
     g.add_argument("--eval-batch-size", type=int, default=1024, metavar="B", help="rows per evaluation batch (default: 1024)")
 
@@ -136,4 +140,10 @@ def run(args: argparse.Namespace) -> int:
     record = train(cfg)
     if args.json:
         print(json.dumps(record, sort_keys=True))
+    elif not args.quiet:  # the result on stdout; progress and logs went to stderr
+        from pathlib import Path
+
+        from train.metrics import summary_lines
+
+        print("\n".join(summary_lines(record, Path(cfg.out))))
     return 0

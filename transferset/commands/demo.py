@@ -37,7 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--labelled", type=int, default=300, help="labelled rows the teachers and the hard-label student see (default: 300)")
     p.add_argument("--test", type=int, default=597, help="held-out rows (default: 597)")
     p.add_argument("--temperature", type=float, default=4.0, help="distillation temperature (default: 4)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the split and of every stage (default: 0)")
     p.add_argument("--json", action="store_true", help="print the results as one JSON object instead of tables")
 
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from transferset.commands.flags import add_input_flags, add_threads_flag, apply_threads, input_spec_from_flags
+from transferset.commands.flags import add_input_flags, add_threads_flag, apply_threads
 
 HELP = "run a teacher ensemble over Parquet sources and write a transfer set"
 
 
 class _TeacherAction(argparse.Action):
-    """--teacher starts a member; --weights / --teacher-weight attach to the one before."""
+    """--teacher starts a member; --weights / --teacher-weight / --teacher-output attach to the one before."""
 
     def __call__(self, parser, namespace, value, option_string=None):
         members = getattr(namespace, "teachers", None) or []
@@ -19,7 +19,7 @@ class _TeacherAction(argparse.Action):
         else:
             if not members:
                 parser.error(f"{option_string} must follow the --teacher it belongs to")
-            key = "weights" if option_string == "--weights" else "ensemble_weight"
+            key = {"--weights": "weights", "--teacher-output": "output"}.get(option_string, "ensemble_weight")
             if key in members[-1]:
                 parser.error(f"{option_string} given twice for --teacher {members[-1]['spec']}")
             if key == "ensemble_weight":
@@ -39,6 +39,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="state dict for the factory --teacher just before it (loaded with weights_only=True)")
     g.add_argument("--teacher-weight", action=_TeacherAction, dest="teachers", metavar="W",
                    help="ensemble weight of the --teacher just before it (default: equal weights)")
+    g.add_argument("--teacher-output", action=_TeacherAction, dest="teachers", metavar="KEY|INDEX",
+                   help="which element of a tuple/list/dict output of the --teacher just before it holds the logits "
+                        "(default: the output itself, its .logits, or its 'logits' key)")
 
     g.add_argument("--trust-checkpoint", action="store_true",
                    help="allow teacher files and --weights that need full unpickling or other code from the file to load (only for files you trust)")
@@ -61,26 +64,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--out", required=True, help="transfer-set directory")
     g.add_argument("--overwrite", action="store_true", help="replace an output made with a different configuration")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-    g.add_argument("--precision", default="fp32", help="teacher precision: fp32, bf16 or fp16 (CUDA); targets are always combined in float32")
+    g.add_argument("--precision", default="fp32", help="teacher precision: fp32, bf16 or fp16 (CUDA); targets are always combined in float32 (default: fp32)")
     add_threads_flag(g)
-    g.add_argument("--batch-size", type=int, default=1024)
-    g.add_argument("--shard-rows", type=int, default=131072, help="rows per Parquet shard")
-    g.add_argument("--row-group-rows", type=int, default=32768, help="rows per Parquet row group")
+    g.add_argument("--batch-size", type=int, default=1024, help="rows per teacher batch (default: 1024)")
+    g.add_argument("--shard-rows", type=int, default=131072, help="rows per Parquet shard (default: 131072)")
+    g.add_argument("--row-group-rows", type=int, default=32768, help="rows per Parquet row group (default: 32768)")
     g.add_argument("--engine", default="local", help="who runs the shard jobs: local (this process; default)")
-    g.add_argument("--writer-index", type=int, default=0, help="this writer's index, for several independent writers")
-    g.add_argument("--num-writers", type=int, default=1, help="how many independent writers share the shards")
+    g.add_argument("--writer-index", type=int, default=0, help="this writer's index, for several independent writers (default: 0)")
+    g.add_argument("--num-writers", type=int, default=1, help="how many independent writers share the shards (default: 1)")
 
 
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from transferset.generate import GenerateConfig, run_generate
+    from transferset.progress import say
     from transferset.teachers import TeacherSpec
+    from transferset.teachers.declared import input_spec_for
 
     apply_threads(args.threads)
-    spec = input_spec_from_flags(args)
+    teachers = [TeacherSpec(t["spec"], t.get("weights"), t.get("ensemble_weight"), t.get("output")) for t in args.teachers]
+    # A student.pt2 declares the preprocessing it was trained on: flags complete it or must agree with it.
+    spec = input_spec_for(args, teachers, lambda line: say(line, args.quiet))
     cfg = GenerateConfig(
-        teachers=[TeacherSpec(t["spec"], t.get("weights"), t.get("ensemble_weight")) for t in args.teachers],
+        teachers=teachers,
         sources=args.source,
         input_spec=spec,
         out=Path(args.out),

@@ -22,6 +22,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from transferset.inspect import summarize
+    from transferset.progress import counted
 
     s = summarize(args.directory)
     if args.json:
@@ -33,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
         ("rows", f"{s['rows']:,} ({s['labelled_rows']:,} labelled, {s['unlabelled_rows']:,} unlabelled)"),
         ("classes", f"{s['num_classes']}" + (f": {', '.join(s['class_names'])}" if s["class_names"] else "")),
         ("targets", f"{s['combine']} mean at T = {s['temperature']:g}, stored as {s['storage_dtype']}"),
-        ("on disk", f"{s['bytes'] / 1e6:.2f} MB in {s['shards']} shards, {s['bytes_per_row']:.1f} B/row"),
+        ("on disk", f"{s['bytes'] / 1e6:.2f} MB in {counted(s['shards'], 'shard')}, {s['bytes_per_row']:.1f} B/row"),
         ("ensemble accuracy", f"{_pct(s['ensemble_accuracy'])} on labelled rows"),
         ("mean entropy", f"{s['mean_entropy_nats']:.4f} nats (max {s['max_entropy_nats']:.4f}) at T = {s['temperature']:g}"),
         ("members agree", _pct(s["members_agree"]) if s["teacher_logits_kept"] else "- (generate with --keep-teacher-logits)"),

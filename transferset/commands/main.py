@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 
 # name -> module; the order is the order of `transferset --help`.
 COMMANDS = {
@@ -69,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from transferset.errors import UserError
 
+    if not args.debug:
+        # Library warnings (torch, numpy, pyarrow) are not ours to show: our errors and
+        # status lines are. --debug lets them through with the traceback.
+        warnings.simplefilter("ignore")
     try:
         return int(args._module.run(args) or 0)
     except KeyboardInterrupt:
@@ -83,12 +88,20 @@ def main(argv: list[str] | None = None) -> int:
             # A disk that is full or read-only is the user's to fix, wherever the write was.
             refused = write_failure(error, getattr(error, "filename", None) or "the output")
             if refused is None:  # a bug: keep the one-line contract, offer the traceback
+                from transferset.errors import first_line
+
                 print(
-                    f"transferset {args.command}: internal error: {type(error).__name__}: {error} "
-                    f"(rerun with --debug for the traceback, and please report it)",
+                    one_line(f"transferset {args.command}: internal error: {type(error).__name__}: {first_line(error)} "
+                             f"(rerun with --debug for the traceback, and please report it)"),
                     file=sys.stderr,
                 )
                 return 1
             error = refused
-        print(f"transferset {args.command}: error: {error}", file=sys.stderr)
+        print(one_line(f"transferset {args.command}: error: {error}"), file=sys.stderr)
         return UserError.exit_code
+
+
+def one_line(message: str) -> str:
+    """The CLI's error contract is one line: a library's trailing newline is dropped,
+    and a newline or carriage return inside (a path that holds one) is escaped."""
+    return message.strip().replace("\r", "\\r").replace("\n", "\\n")

@@ -14,21 +14,50 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if not args.drop_bad:
+        return _run(args)
+    from pathlib import Path
+
+    from transferset import ownership
+
+    with ownership.scope():  # --drop-bad deletes: not while a generate (or another --drop-bad) writes the set
+        if Path(args.directory).is_dir():
+            ownership.claim(Path(args.directory), what="transfer set")
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from transferset.errors import UserError
+    from transferset.progress import counted
     from transferset.format.verify import drop_bad, verify
 
     manifest, problems = verify(args.directory)
     problems += _foreign_shards(manifest, {p.shard for p in problems})
     if not problems:
-        print(f"{args.directory}: OK, {len(manifest.shards)} shards, {manifest.rows:,} rows, checksums match")
+        _refuse_duplicate_ids(manifest, args.directory)
+        print(f"{args.directory}: OK, {counted(len(manifest.shards), 'shard')}, {counted(manifest.rows, 'row')}, checksums match, ids unique")
         return 0
     listing = "; ".join(f"{p.shard}: {p.problem}" for p in problems)
     if args.drop_bad:
         drop_bad(manifest, problems)
     # One line either way (the error): what was found, and what --drop-bad did or would do.
-    hint = ("deleted them and the manifest: rerun the same generate to recompute them" if args.drop_bad
+    hint = (f"deleted them, their records and the manifest: rerun the same generate (`transferset generate` with the flags "
+            f"that made the set, --out {args.directory}) to recompute just them" if args.drop_bad
             else f"run `transferset verify {args.directory} --drop-bad`, then rerun the same generate")
-    raise UserError(f"{args.directory} failed verification: {len(problems)} of {len(manifest.shards)} shards bad ({listing}); {hint}")
+    raise UserError(f"{args.directory} failed verification: {len(problems)} of {counted(len(manifest.shards), 'shard')} bad ({listing}); {hint}")
+
+
+def _refuse_duplicate_ids(manifest, directory) -> None:
+    from transferset.errors import UserError
+    from transferset.progress import counted
+    from transferset.format.verify import duplicate_id
+
+    found = duplicate_id(manifest)
+    if found:
+        raise UserError(
+            f"{directory} failed verification: row id {found[0]!r} occurs {found[1]} times across the shards "
+            f"(rows written twice); regenerate the set into an empty --out"
+        )
 
 
 def _foreign_shards(manifest, already_bad: set[str]) -> list:

@@ -11,7 +11,9 @@ Any number of independent writers (processes, GPUs, machines sharing a file
 system) can each write a disjoint subset of the planned shards. A writer never
 touches another's files; the manifest is assembled from the per-shard records
 by whichever writer finds every planned shard finished. Readers only ever open
-a set through its manifest, so a half-written set is never mistaken for one.
+a set through its manifest, so a half-written set is never mistaken for one;
+`read_manifest` refuses a shard listed twice (by name, index or SHA-256) and rows
+that do not add up to the sources' (`check_shard_list`), reading no data.
 
 Names that start with `_` or `.` are skipped by pyarrow.dataset and pandas, so
 `pyarrow.dataset.dataset(OUT)` and `pandas.read_parquet(OUT)` read the shards
@@ -87,11 +89,48 @@ def read_shard_records(directory: Path) -> dict[int, ShardRecord]:
         return records
     for p in folder.glob("part-*.json"):
         try:
-            record = ShardRecord(**json.loads(p.read_text()))
-        except (ValueError, TypeError):
+            record = shard_record(json.loads(p.read_text()))
+        except (ValueError, TypeError, RecursionError, OSError):
             continue  # a damaged record is treated as an unfinished shard: it is redone
-        records[record.index] = record
+        if record is not None:
+            records[record.index] = record
     return records
+
+
+_RECORD_TYPES = {"path": str, "index": int, "rows": int, "labelled_rows": int, "bytes": int, "sha256": str}
+
+
+def shard_record(raw) -> ShardRecord | None:
+    """A ShardRecord from decoded JSON, or None when any field is missing or of the
+    wrong type (a damaged record must never reach arithmetic or a dict key)."""
+    if not isinstance(raw, dict) or set(raw) != set(_RECORD_TYPES):
+        return None
+    for key, kind in _RECORD_TYPES.items():
+        value = raw[key]
+        if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value < 0):
+            return None
+    return ShardRecord(**raw)
+
+
+def check_shard_list(shards: tuple[ShardRecord, ...], provenance: Provenance, path: Path) -> None:
+    """Refuse a manifest that lists one shard twice, by name, index or content (a
+    copied shard), or whose row total is not the sources' (when the set recorded it):
+    a reader would otherwise train on the duplicates. Reads no data."""
+    for what, key in (("name", lambda s: s.path), ("index", lambda s: s.index), ("SHA-256", lambda s: s.sha256)):
+        seen: dict = {}
+        for position, s in enumerate(shards):
+            first = seen.setdefault(key(s), position)
+            if first != position:
+                raise UserError(
+                    f"{path}: shards {shards[first].path} and {s.path} have the same {what} (a shard listed twice or copied); "
+                    f"the transfer set is damaged: regenerate it into an empty --out"
+                )
+    total = sum(s.rows for s in shards)
+    if provenance.rows is not None and total != provenance.rows:
+        raise UserError(
+            f"{path}: the shards hold {total:,} rows but the sources have {provenance.rows:,}; "
+            f"the transfer set is damaged: regenerate it into an empty --out"
+        )
 
 
 def write_manifest(directory: Path, provenance: Provenance, records: list[ShardRecord]) -> Manifest:
@@ -136,19 +175,26 @@ def read_manifest(directory: str | Path, require_shards: bool = True) -> Manifes
             f"(this transferset reads version {SCHEMA_VERSION}); upgrade transferset or regenerate the set"
         )
     provenance = Provenance.decode(raw.get("provenance"), str(path))
-    try:
-        shards = tuple(ShardRecord(**s) for s in raw["shards"])
-    except (KeyError, TypeError):
-        raise UserError(f"{path}: the shard list is malformed; the transfer set is damaged, regenerate it") from None
+    listed = raw.get("shards")
+    shards = tuple(shard_record(s) for s in listed) if isinstance(listed, list) else (None,)
+    if None in shards:
+        raise UserError(f"{path}: the shard list is malformed; the transfer set is damaged, regenerate it")
     if not shards:
         raise UserError(f"transfer set {str(directory)!r} has no shards (0 rows); generate it from a non-empty source")
+    check_shard_list(shards, provenance, path)
     root = directory.resolve()
     for s in shards:
-        target = (directory / s.path).resolve()
+        try:
+            target = (directory / s.path).resolve()
+        except (OSError, ValueError):  # a NUL byte, a symlink loop
+            raise UserError(f"{path}: shard path {s.path!r} cannot be resolved; the transfer set is damaged, regenerate it") from None
         # A manifest is data from whoever published the set: never let it name
         # a file outside the set's own directory.
         if root not in target.parents:
             raise UserError(f"{path}: shard path {s.path!r} points outside the transfer set; refusing to read it")
         if require_shards and not target.is_file():
-            raise UserError(f"transfer set {str(directory)!r} is missing shard {s.path}; regenerate it or restore the file")
+            raise UserError(
+                f"transfer set {str(directory)!r} is missing shard {s.path}: restore the file, or run "
+                f"`transferset verify {directory} --drop-bad` and rerun the generate that made the set to recompute it"
+            )
     return Manifest(directory, provenance, shards)

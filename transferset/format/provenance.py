@@ -124,7 +124,7 @@ def validate(provenance: Any, where: str) -> None:
         ("storage_dtype", lambda v: v in STORAGE_DTYPES),
         ("teachers", lambda v: isinstance(v, list) and len(v) >= 1 and all(isinstance(t, dict) for t in v)),
         ("sources", lambda v: isinstance(v, list) and len(v) >= 1 and all(isinstance(s, dict) for s in v)),
-        ("input", lambda v: isinstance(v, dict)),
+        ("input", _valid_input),
     ]
     for key, ok in checks:
         if key not in provenance or not ok(provenance[key]):
@@ -132,3 +132,42 @@ def validate(provenance: Any, where: str) -> None:
     for key, kind in (("target_options", dict), ("extra", dict), ("versions", dict)):
         if key in provenance and not isinstance(provenance[key], kind):
             raise UserError(f"{where}: transferset metadata field {key!r} is not a JSON object; the file is damaged, regenerate it")
+    validate_optional(provenance, where)
+
+
+def _numbers(v, kind=(int, float)) -> bool:
+    return v is None or (isinstance(v, list) and all(isinstance(x, kind) and not isinstance(x, bool) for x in v))
+
+
+def _valid_input(v) -> bool:
+    """The InputSpec.to_dict shape (checked here: inputs.py needs torch, inspect does not)."""
+    return (isinstance(v, dict) and isinstance(v.get("columns"), list) and bool(v["columns"])
+            and all(isinstance(c, str) for c in v["columns"]) and _numbers(v.get("shape"), int)
+            and isinstance(v.get("scale", 1.0), (int, float)) and not isinstance(v.get("scale", 1.0), bool)
+            and _numbers(v.get("mean")) and _numbers(v.get("std")) and _text(v.get("transform")))
+
+
+def _count(minimum: int):
+    return lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= minimum)
+
+
+def _text(v) -> bool:
+    return v is None or isinstance(v, str)
+
+
+# Fields a set may leave out (or null) but that must have their type when present:
+# a damaged value must be refused here, not meet arithmetic or a join in a reader.
+OPTIONAL_CHECKS = {
+    "class_names": lambda v: v is None or (isinstance(v, list) and all(isinstance(n, str) for n in v)),
+    "label_column": _text, "id_column": _text, "precision": _text, "device": _text, "created": _text,
+    "config_fingerprint": _text, "logits": _text,
+    "teacher_logits_kept": lambda v: isinstance(v, bool),
+    "shard_rows": _count(1), "row_group_rows": _count(1), "batch_size": _count(1), "rows": _count(0),
+    "num_writers": lambda v: _count(1)(v) and v is not None,
+}
+
+
+def validate_optional(provenance: dict, where: str) -> None:
+    for key, ok in OPTIONAL_CHECKS.items():
+        if key in provenance and not ok(provenance[key]):
+            raise UserError(f"{where}: transferset metadata field {key!r} is invalid ({provenance[key]!r}); the file is damaged, regenerate it")

@@ -56,8 +56,9 @@ def target_schema(provenance: Provenance, input_fields: list[pa.Field]) -> pa.Sc
 
 def parquet_options(schema: pa.Schema, provenance: Provenance) -> dict:
     """How shards are encoded (measured, see docs/format.md): zstd level 1; float
-    target columns without dictionary, with BYTE_STREAM_SPLIT and without statistics
-    (float16 statistics cost ~2x the write time and nobody filters on them)."""
+    target columns without dictionary and without statistics (float16 statistics cost
+    ~2x the write time and nobody filters on them); BYTE_STREAM_SPLIT for float32
+    only; a CRC32 in every page header, checked by every reader in this package."""
     float_leaves = get_codec(provenance.target_kind).float_leaves(provenance)
     float_columns = {leaf.split(".")[0] for leaf in float_leaves}
     return {
@@ -66,8 +67,14 @@ def parquet_options(schema: pa.Schema, provenance: Provenance) -> dict:
         # Dictionary only where values repeat (source path, label); float
         # dictionaries make files bigger and slower (measured on these machines).
         "use_dictionary": [n for n in (SOURCE, LABEL) if n in schema.names],
-        "column_encoding": {leaf: "BYTE_STREAM_SPLIT" for leaf in float_leaves},
+        # float16 stays PLAIN: BYTE_STREAM_SPLIT on FLOAT16 (a 2022 addition to the
+        # format) is refused by DuckDB and older readers; docs/format.md has the bytes.
+        "column_encoding": {leaf: "BYTE_STREAM_SPLIT" if provenance.storage_dtype == "float32" else "PLAIN"
+                            for leaf in float_leaves},
         "write_statistics": [n for n in schema.names if n not in float_columns],
+        # A flipped bit inside a page is then an error on read (page_checksum_verification),
+        # not a silently different logit: even under `train --no-verify`.
+        "write_page_checksum": True,
     }
 
 

@@ -80,7 +80,7 @@ def check_shard(directory: Path, record: ShardRecord) -> str | None:
     try:
         rows = pq.ParquetFile(path).metadata.num_rows
     except (pa.ArrowInvalid, OSError) as error:
-        return f"unreadable Parquet ({error})"
+        return f"unreadable Parquet ({first_line(error)})"
     if rows != record.rows:
         return f"{rows} rows, manifest says {record.rows}"
     return None

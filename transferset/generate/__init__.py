@@ -21,23 +21,32 @@ from pathlib import Path
 
 from transferset.devices import resolve_device
 from transferset.format.manifest import JOB, MANIFEST, RECORDS_DIR, Manifest, read_shard_records, shard_name, write_manifest
+from transferset.format.provenance import fingerprint
 from transferset.format.schema import target_schema
+from transferset import ownership
 from transferset.generate import setup
 from transferset.generate.config import GenerateConfig
 from transferset.generate.engines import get_engine
 from transferset.generate.setup import Context
 from transferset.generate.shard import ShardJob, generate_shard
 from transferset.io import reporting_write_errors
-from transferset.progress import progress, say
+from transferset.progress import counted, progress, say
 from transferset.sources import ShardPlan, plan_shards
 
 __all__ = ["GenerateConfig", "run_generate", "generate_shard", "ShardJob", "Context", "prepare"]
 
 
 def run_generate(cfg: GenerateConfig) -> Manifest | None:
-    """Generate (or resume, or finish) a transfer set. Returns its manifest when complete."""
+    """Generate (or resume, or finish) a transfer set. Returns its manifest when complete.
+    The run owns --out (or its writer index of it) from `prepare` to the end; a
+    failed run removes an --out it created and left empty (ownership.py)."""
     cfg.validate()
     engine = get_engine(cfg.engine)
+    with ownership.scope():
+        return _run(cfg, engine)
+
+
+def _run(cfg: GenerateConfig, engine) -> Manifest | None:
     prepared = prepare(cfg)
     if isinstance(prepared, Manifest):
         return prepared
@@ -49,7 +58,7 @@ def run_generate(cfg: GenerateConfig) -> Manifest | None:
         with reporting_write_errors(stale):  # a read-only --out fails here first on a resume
             stale.unlink()
     if finished and todo:
-        say(f"resuming: {len(finished)} of {len(plans)} shards already written", cfg.quiet)
+        say(f"resuming: {len(finished):,} of {counted(len(plans), 'shard')} already written", cfg.quiet)
 
     started = time.perf_counter()
     rows_todo = sum(p.rows for p in todo)
@@ -61,13 +70,15 @@ def run_generate(cfg: GenerateConfig) -> Manifest | None:
 
 def prepare(cfg: GenerateConfig) -> Context | Manifest:
     """Everything before the first shard: the shared Context, or the manifest of a
-    set that is already complete with this configuration."""
+    set that is already complete with this configuration. Claims --out (held until
+    the enclosing `ownership.scope()` ends, or the process)."""
     cfg.validate()
     codec = setup.codec_for(cfg)
     sources = setup.open_sources(cfg)
     input_fields = setup.check_sources(cfg, sources)
-    config_key = setup.config_fingerprint(cfg, sources)
-    done_already = setup.prepare_out(cfg, config_key)
+    values = setup.fingerprint_values(cfg, sources)
+    config_key = fingerprint(values)
+    done_already = setup.prepare_out(cfg, values)
     if done_already is not None:
         return done_already
     device = resolve_device(cfg.device)
@@ -75,7 +86,7 @@ def prepare(cfg: GenerateConfig) -> Context | Manifest:
     num_classes = setup.probe_num_classes(cfg, teachers, sources[0], device)
     labelled = setup.labelled_rows(cfg, sources, num_classes)
     fresh = setup.build_provenance(cfg, sources, teachers, weights, num_classes, labelled, device, config_key)
-    provenance = setup.recorded_provenance(cfg, fresh)
+    provenance = setup.recorded_provenance(cfg, fresh, values)
     schema = target_schema(provenance, input_fields)
     return Context(cfg, sources, teachers, weights, device, provenance, schema, codec)
 
@@ -85,10 +96,10 @@ def _publish(cfg: GenerateConfig, context: Context, plans: list[ShardPlan], shar
     records = read_shard_records(cfg.out)
     missing = [p.index for p in plans if p.index not in records]
     if missing:
-        say(f"wrote {shards_done} shards ({rows_done:,} rows) in {elapsed:.1f} s; waiting for other writers: {len(missing)} shards missing", cfg.quiet)
+        say(f"wrote {counted(shards_done, 'shard')} ({counted(rows_done, 'row')}) in {elapsed:.1f} s; waiting for other writers: {counted(len(missing), 'shard')} missing", cfg.quiet)
         return None
     manifest = write_manifest(cfg.out, context.provenance, [records[p.index] for p in plans])
-    say(f"wrote {cfg.out}: {manifest.rows:,} rows, {len(plans)} shards, {rows_done / max(elapsed, 1e-9):,.0f} rows/s", cfg.quiet)
+    say(f"wrote {cfg.out}: {counted(manifest.rows, 'row')}, {counted(len(plans), 'shard')}, {rows_done / max(elapsed, 1e-9):,.0f} rows/s", cfg.quiet)
     return manifest
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import platform
-import shutil
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from transferset import __version__
+from transferset import __version__, ownership
 from transferset import teachers as teacher_lib
 from transferset.combine import normalised_weights
 from transferset.errors import UserError, first_line
@@ -27,7 +26,7 @@ from transferset.format.codecs import TargetCodec, get_codec
 from transferset.format.manifest import JOB, MANIFEST, Manifest, read_manifest
 from transferset.format.provenance import Provenance, fingerprint
 from transferset.generate.config import GenerateConfig
-from transferset.io import atomic_write_json, expand_parquet_paths, reporting_write_errors
+from transferset.io import expand_parquet_paths
 from transferset.labels import check_label_range
 from transferset.progress import say
 from transferset.sources import ShardPlan, SourceFile, check_unique_ids, label_stats, open_source, read_shard_rows
@@ -91,9 +90,10 @@ def _check_id_column(cfg: GenerateConfig, source: SourceFile) -> None:
         raise UserError(f"source {source.path!r}: --id-column {cfg.id_column!r} is {id_type}; ids must be integers or strings")
 
 
-def config_fingerprint(cfg: GenerateConfig, sources: list[SourceFile]) -> str:
-    """The resume key: the FINGERPRINTED provenance fields, teachers and sources by content."""
-    return fingerprint({
+def fingerprint_values(cfg: GenerateConfig, sources: list[SourceFile]) -> dict:
+    """What the resume key hashes: the FINGERPRINTED provenance fields, teachers and
+    sources by content. Recorded in `_job.json`, so a refusal can name what changed."""
+    return {
         "target_kind": cfg.target_kind,
         "temperature": cfg.temperature,
         "combine": cfg.combine,
@@ -112,38 +112,68 @@ def config_fingerprint(cfg: GenerateConfig, sources: list[SourceFile]) -> str:
         "num_writers": cfg.num_writers,
         "target_options": cfg.target_options,
         "extra": cfg.extra,
-    })
+    }
 
 
-def prepare_out(cfg: GenerateConfig, config_key: str) -> Manifest | None:
-    """Make the output directory ready; refuse one that holds something else.
+# How a refusal names each fingerprinted setting.
+_SETTING_FLAGS = {
+    "target_kind": "--targets", "teachers": "the teachers (--teacher, --weights, --teacher-weight or their files)",
+    "sources": "the --source data", "input": "--input-*/--transform", "teacher_logits_kept": "--keep-teacher-logits",
+    "target_options": "the --targets options", "extra": "extra settings",
+}
+
+
+def changed_settings(old: dict | None, new: dict) -> str:
+    """The flags whose values differ between two fingerprint_values records."""
+    if not isinstance(old, dict):
+        return "unknown: the set was started by an earlier transferset"
+    names = [_SETTING_FLAGS.get(k, "--" + k.replace("_", "-")) for k in sorted(new) if old.get(k) != new[k]]
+    return ", ".join(names) or "unknown"
+
+
+def prepare_out(cfg: GenerateConfig, values: dict) -> Manifest | None:
+    """Claim the output directory (ownership.py: one process per set, or per writer
+    index) and make it ready; refuse one that holds something else.
     Returns the manifest when the set is already complete with this configuration."""
-    out = cfg.out
+    out, config_key = cfg.out, fingerprint(values)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {str(out)!r} is a file; give a directory path")
+    writer = (cfg.writer_index, cfg.num_writers) if cfg.num_writers > 1 else None
+    held = ownership.claim(out, writer=writer)
+    if ownership.finish_discard(out):  # a kill interrupted an --overwrite: its old set goes first
+        say(f"finished removing the set an interrupted --overwrite was replacing in {out}", cfg.quiet)
     job = out / JOB
-    if out.exists() and any(out.iterdir()):
+    # A cooperative writer's temp files (its _job.json draft, a shard being written) may be all there is yet.
+    if [p for p in ownership.entries(out) if not (p.name.startswith(".") and ".tmp-" in p.name)]:
         if not job.exists():
             raise UserError(f"--out {str(out)!r} exists and is not a transfer set; choose another directory (it is never deleted)")
-        try:
-            existing = json.loads(job.read_text()).get("config_fingerprint")
-        except (ValueError, AttributeError, RecursionError):
-            existing = None
-        if existing != config_key:
+        recorded = _read_job(job)
+        if recorded.get("config_fingerprint") != config_key:
             if not cfg.overwrite:
-                raise UserError(
-                    f"--out {str(out)!r} holds a transfer set made with a different configuration; "
-                    f"use another --out, or --overwrite to replace it"
-                )
-            with reporting_write_errors(out):
-                shutil.rmtree(out)
+                raise different_configuration(out, recorded.get("fingerprint_values"), values)
+            ownership.exclusive(held)
+            ownership.discard(out)  # recoverable at every kill point (see ownership.discard)
+            ownership.downgrade(held)
         elif (out / MANIFEST).exists():
             say(f"{out} is already complete with this configuration; nothing to do", cfg.quiet)
             return read_manifest(out)
-    # An unwritable or read-only --out fails here as one line (EACCES/EROFS), not a traceback.
-    with reporting_write_errors(out):
-        out.mkdir(parents=True, exist_ok=True)
     return None
+
+
+def different_configuration(out: Path, old: dict | None, new: dict) -> UserError:
+    return UserError(
+        f"--out {str(out)!r} holds a transfer set made with a different configuration (changed: {changed_settings(old, new)}); "
+        f"use another --out, or --overwrite to replace it"
+    )
+
+
+def _read_job(job: Path) -> dict:
+    """`_job.json` as a dict ({} when damaged: then it matches no configuration)."""
+    try:
+        recorded = json.loads(job.read_text())
+    except (ValueError, RecursionError, OSError):
+        return {}
+    return recorded if isinstance(recorded, dict) else {}
 
 
 def load_teachers(cfg: GenerateConfig, device: torch.device) -> tuple[list[teacher_lib.Teacher], torch.Tensor]:
@@ -214,17 +244,23 @@ def build_provenance(cfg: GenerateConfig, sources, teachers, weights, num_classe
     )
 
 
-def recorded_provenance(cfg: GenerateConfig, fresh: Provenance) -> Provenance:
+def recorded_provenance(cfg: GenerateConfig, fresh: Provenance, values: dict) -> Provenance:
     """The provenance of this set: the one `_job.json` recorded when an earlier run
-    (or another writer) started it, else `fresh`, recorded now."""
+    (or another writer) started it, else `fresh`, recorded now. Recording is
+    create-exclusive: of two writers that start a set at once, one records and the
+    other compares its configuration with the recorded one."""
     job_path = cfg.out / JOB
-    if job_path.exists():
-        try:
-            return Provenance.decode(json.loads(job_path.read_text())["provenance"], str(job_path))
-        except (ValueError, KeyError, TypeError, RecursionError):
-            raise UserError(f"{job_path} is damaged; delete --out {str(cfg.out)!r} (or pass --overwrite) and generate again") from None
-    atomic_write_json(job_path, {"config_fingerprint": fresh.config_fingerprint, "provenance": fresh.encode()})
-    return fresh
+    record = {"config_fingerprint": fresh.config_fingerprint, "fingerprint_values": values, "provenance": fresh.encode()}
+    if ownership.create_exclusive_json(job_path, record):
+        return fresh
+    try:
+        job = json.loads(job_path.read_text())
+        recorded = Provenance.decode(job["provenance"], str(job_path))
+    except (ValueError, KeyError, TypeError, RecursionError):
+        raise UserError(f"{job_path} is damaged; delete --out {str(cfg.out)!r} (or pass --overwrite) and generate again") from None
+    if job.get("config_fingerprint") != fresh.config_fingerprint:  # another run started this set meanwhile
+        raise different_configuration(cfg.out, job.get("fingerprint_values"), values)
+    return recorded
 
 
 def codec_for(cfg: GenerateConfig) -> TargetCodec:

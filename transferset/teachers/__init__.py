@@ -19,12 +19,13 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import torch
 
-from transferset.errors import UserError
+from transferset.errors import UserError, first_line
 from transferset.registry import Registry
+from transferset.teachers.outputs import in_fixed_batches, logits_of
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class TeacherSpec:
     spec: str  # [kind:]path or [factory:]package.module:function
     weights: str | None = None  # state dict for a factory teacher
     ensemble_weight: float | None = None
+    output: str | None = None  # --teacher-output: the key or index of the logits in a tuple/list/dict output
 
 
 @dataclass
@@ -43,15 +45,26 @@ class Teacher:
     sha256: str  # content fingerprint (file hash, or weights hash for a factory)
     module: torch.nn.Module
     spec: TeacherSpec
+    # A program exported with a fixed batch size only runs on batches of exactly
+    # that many rows: it is fed in such batches, the last one padded (outputs.py).
+    fixed_batch: int | None = None
 
     def __call__(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Logits [B, C] or [B, L, V] for a batch of named input tensors."""
+        if self.fixed_batch is not None:
+            return in_fixed_batches(self._logits, inputs, self.fixed_batch)
+        return self._logits(inputs)
+
+    def _logits(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         out = self.module(*inputs.values()) if len(inputs) == 1 else self.module(**inputs)
-        return _logits_of(out)
+        return logits_of(out, self.name, self.spec.output)
 
     def describe(self, weight: float) -> dict:
-        return {"name": self.name, "format": self.format, "sha256": self.sha256, "weight": weight,
-                "spec": self.spec.spec, "weights_file": self.spec.weights}
+        described = {"name": self.name, "format": self.format, "sha256": self.sha256, "weight": weight,
+                     "spec": self.spec.spec, "weights_file": self.spec.weights}
+        if self.spec.output is not None:  # absent rather than null: older sets' provenance stays as it was
+            described["output"] = self.spec.output
+        return described
 
 
 class TeacherLoader(Protocol):
@@ -89,7 +102,10 @@ def resolve(spec: TeacherSpec) -> tuple[TeacherLoader, str]:
 
 def fingerprint(spec: TeacherSpec) -> dict:
     loader, target = resolve(spec)
-    return {"kind": loader.kind, **loader.fingerprint(target, spec)}
+    found = {"kind": loader.kind, **loader.fingerprint(target, spec)}
+    if spec.output is not None:  # only when given: resume keys of sets made without it do not change
+        found["output"] = spec.output
+    return found
 
 
 def load_teacher(spec: TeacherSpec, device: torch.device, trust_checkpoint: bool = False) -> Teacher:
@@ -101,18 +117,6 @@ def load_teacher(spec: TeacherSpec, device: torch.device, trust_checkpoint: bool
     with contextlib.suppress(NotImplementedError, RuntimeError):
         teacher.module.eval()  # exported programs may refuse eval(); they were traced in eval mode
     return teacher
-
-
-def _logits_of(out: Any) -> Any:
-    """Model outputs that carry `.logits` (Hugging Face) or a `logits` key give those;
-    a tuple or list gives its first element."""
-    if hasattr(out, "logits") and isinstance(out.logits, torch.Tensor):
-        return out.logits
-    if isinstance(out, dict) and isinstance(out.get("logits"), torch.Tensor):
-        return out["logits"]
-    if isinstance(out, (tuple, list)) and out:
-        return out[0]
-    return out
 
 
 def autocast_context(device: torch.device, precision: str):
@@ -132,7 +136,14 @@ def run_teachers(teachers: list[Teacher], inputs: dict[str, torch.Tensor], preci
     outs = []
     with torch.inference_mode(), autocast_context(device, precision):
         for t in teachers:
-            out = t(inputs)
+            try:
+                out = t(inputs)
+            except (RuntimeError, ValueError, TypeError, IndexError) as error:  # the model's own failure, e.g. a guard
+                shapes = ", ".join(str(tuple(v.shape)) for v in inputs.values())
+                raise UserError(
+                    f"teacher {t.name!r} failed on a batch of shape {shapes} ({type(error).__name__}: {first_line(error)}); "
+                    f"check --input-shape/--input-scale and that the teacher takes these inputs"
+                ) from None
             if not isinstance(out, torch.Tensor) or out.ndim not in (2, 3) or out.shape[0] != rows:
                 shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
                 raise UserError(f"teacher {t.name!r} returned {shape} for a batch of {rows}; a teacher must return logits [batch, classes]")

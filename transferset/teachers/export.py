@@ -7,7 +7,9 @@ not by the suffix. Checked by `archives.py` before torch sees the file, because
 
 from __future__ import annotations
 
+import json
 import logging
+import zipfile
 from pathlib import Path
 
 import torch
@@ -18,6 +20,10 @@ from transferset.teachers import Teacher, TeacherSpec, register
 from transferset.teachers.archives import unsafe_export_parts
 from transferset.teachers.files import existing, inner_names, teacher_name, zip_names
 from transferset.trust import refusal
+
+# The archive's extra file (torch.export.save's `extra_files`) holding the InputSpec
+# a student was trained on; train/export.py writes it.
+INPUT_SPEC_FILE = "transferset_input.json"
 
 
 class ExportLoader:
@@ -46,7 +52,35 @@ class ExportLoader:
             raise UserError(f"{not_exported} ({type(error).__name__}); export it with torch.export.save, or use TorchScript or a factory") from None
         finally:
             export_log.setLevel(level)
-        return Teacher(teacher_name(path), "torch.export", file_sha256(path), program.module(), spec)
+        return Teacher(teacher_name(path), "torch.export", file_sha256(path), program.module(), spec, fixed_batch=fixed_batch(program))
+
+
+def fixed_batch(program: torch.export.ExportedProgram) -> int | None:
+    """The batch size a program was exported with when it is fixed (the first
+    dimension of its first input is a plain int, not a symbol); None when dynamic."""
+    user_inputs = set(program.graph_signature.user_inputs)
+    for node in program.graph.nodes:
+        value = node.meta.get("val") if node.op == "placeholder" and node.name in user_inputs else None
+        if isinstance(value, torch.Tensor) and value.ndim >= 1:
+            first = value.shape[0]
+            return int(first) if isinstance(first, int) else None
+    return None
+
+
+def declared_input(target: str) -> dict | None:
+    """The input spec an archive declares (`transferset train` records how its
+    student's inputs were made), read from the zip as JSON: nothing is unpickled."""
+    names = [n for n in zip_names(target) if n.endswith(f"/extra/{INPUT_SPEC_FILE}") or n == f"extra/{INPUT_SPEC_FILE}"]
+    if not names:
+        return None
+    try:
+        with zipfile.ZipFile(target) as archive:
+            declared = json.loads(archive.read(names[0]))
+    except (OSError, ValueError, zipfile.BadZipFile, RecursionError):
+        declared = None
+    if not isinstance(declared, dict) or not isinstance(declared.get("columns"), list):
+        raise UserError(f"teacher {target!r} carries a damaged input spec ({INPUT_SPEC_FILE}); export it again with transferset train")
+    return declared
 
 
 def refuse_unsafe(path: Path, problems: list[str]) -> None:

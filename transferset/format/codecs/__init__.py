@@ -66,8 +66,8 @@ kinds = _CODECS.names
 def get_codec(kind: Any, where: str = "transfer set") -> TargetCodec:
     from transferset.format.provenance import RESERVED_TARGET_KINDS
 
-    if kind not in _CODECS:
-        known = "reserved for a newer transferset" if kind in RESERVED_TARGET_KINDS else "unknown"
+    if not isinstance(kind, str) or kind not in _CODECS:  # a damaged file may hold any JSON value
+        known = "reserved for a newer transferset" if isinstance(kind, str) and kind in RESERVED_TARGET_KINDS else "unknown"
         raise UserError(f"{where}: target kind {kind!r} is {known}; this version reads {', '.join(kinds())}")
     return _CODECS.get(kind)
 
