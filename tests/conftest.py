@@ -3,6 +3,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+# One torch thread per test process and per command a test starts (they inherit the
+# environment): pytest-xdist runs two test processes on CI's two cores, and two
+# 2-thread processes on 2 cores ran ~20x slower per step than 1-thread ones.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
