@@ -133,3 +133,30 @@ def test_graph_targets_and_guards_that_reach_python_are_refused():
     assert safe_guard("max(1, 4*(L['x'].size()[0] // 2)) == 4")
     for bad in ("L['x'].__class__", "__import__('os').system('x')", "exec('x')", "L['x'].size()[0] == 1; import os"):
         assert not safe_guard(bad), bad
+
+
+def test_review_findings_stay_closed(tmp_path, exported):
+    """Ways past an earlier version of the check, found in review: sympy's S() looks
+    names up with the builtins in reach; a string is code to Integer('...'); a graph
+    argument `as_operator` is resolved like a target; a name stored twice in the zip
+    is read differently by Python and by torch."""
+    from transferset.teachers.archives import _safe_sympy
+
+    assert not _safe_sympy("S('exec')(S('chr')(112))") and not _safe_sympy("Integer('exec')")
+    assert _safe_sympy("Mul(Integer(2), Symbol('s65', positive=True, integer=True))")
+
+    def operator_arg(name, data):
+        if not name.endswith("models/model.json"):
+            return data
+        program = json.loads(data)
+        program["graph_module"]["graph"]["nodes"][0]["inputs"].append({"name": "f", "arg": {"as_operator": "torch.os.system"}, "kind": 1})
+        return json.dumps(program).encode()
+
+    assert any("torch.os.system" in p for p in unsafe_export_parts(str(_rewrite(exported, tmp_path / "op.pt2", operator_arg))))
+    twice = tmp_path / "twice.pt2"
+    with zipfile.ZipFile(exported) as zin, zipfile.ZipFile(twice, "w") as zout:
+        for info in zin.infolist():
+            zout.writestr(info.filename, zin.read(info.filename))
+        with pytest.warns(UserWarning):  # zipfile warns about the duplicate name: that is the attack
+            zout.writestr(zin.namelist()[0], b"other bytes")
+    assert any("stored twice" in p for p in unsafe_export_parts(str(twice)))

@@ -232,8 +232,12 @@ def exclusive(held: Claim, what: str = "--out") -> None:
     for lock in held.locks:
         if lock.path.name == SET_LOCK and not lock.exclusive:
             if not _try_flock(lock.fd, fcntl.LOCK_EX):
-                # Linux may drop the shared lock on a failed conversion: take it back.
-                fcntl.flock(lock.fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                # Linux may drop the shared lock on a failed conversion: take it back if we can
+                # (another command may have taken it meanwhile; the refusal stands either way).
+                try:
+                    fcntl.flock(lock.fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                except OSError:
+                    pass
                 raise UserError(f"{what} {str(held.directory)!r} is in use by other writers (one is {_holder(lock.path)}); "
                                 f"wait for them to finish before --overwrite")
             lock.exclusive = True

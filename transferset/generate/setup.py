@@ -140,7 +140,10 @@ def prepare_out(cfg: GenerateConfig, values: dict) -> Manifest | None:
         raise UserError(f"--out {str(out)!r} is a file; give a directory path")
     writer = (cfg.writer_index, cfg.num_writers) if cfg.num_writers > 1 else None
     held = ownership.claim(out, writer=writer)
-    if ownership.finish_discard(out):  # a kill interrupted an --overwrite: its old set goes first
+    if (out / ownership.DISCARD).exists():  # a kill interrupted an --overwrite: its old set goes first,
+        ownership.exclusive(held)  # by one process alone (cooperative writers wait for it)
+        ownership.finish_discard(out)
+        ownership.downgrade(held)
         say(f"finished removing the set an interrupted --overwrite was replacing in {out}", cfg.quiet)
     job = out / JOB
     # A cooperative writer's temp files (its _job.json draft, a shard being written) may be all there is yet.

@@ -138,6 +138,9 @@ def run_teachers(teachers: list[Teacher], inputs: dict[str, torch.Tensor], preci
         for t in teachers:
             try:
                 out = t(inputs)
+            except torch.OutOfMemoryError:
+                raise UserError(f"teacher {t.name!r} ran out of memory on a batch of {rows} rows; lower --batch-size "
+                                f"(or use --precision bf16)") from None
             except (RuntimeError, ValueError, TypeError, IndexError) as error:  # the model's own failure, e.g. a guard
                 shapes = ", ".join(str(tuple(v.shape)) for v in inputs.values())
                 raise UserError(

@@ -42,8 +42,9 @@ from typing import Any, Iterator
 _SYMPY_NAMES = {
     "Symbol", "Integer", "Rational", "Float", "Mul", "Add", "Pow", "Mod", "Max", "Min", "Abs", "floor", "ceiling",
     "Eq", "Ne", "Lt", "Le", "Gt", "Ge", "StrictLessThan", "StrictGreaterThan", "LessThan", "GreaterThan",
-    "Equality", "Unequality", "And", "Or", "Not", "true", "false", "oo", "zoo", "nan", "pi", "E", "S", "Piecewise",
+    "Equality", "Unequality", "And", "Or", "Not", "true", "false", "oo", "zoo", "nan", "pi", "E", "Piecewise",
     "positive", "negative", "nonnegative", "nonpositive", "integer", "real", "finite", "True", "False",
+    # Not `S`: S('name') looks the name up through sympify, builtins included.
 }
 _SYMBOL = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Names a guard written by torch.export may use: sizes, strides and arithmetic on them.
@@ -73,18 +74,33 @@ def unsafe_export_parts(path: str) -> list[str]:
     called (empty: nothing). Each entry names the part and why."""
     problems: list[str] = []
     with zipfile.ZipFile(path) as archive:
+        problems += _duplicate_names(archive)
         for name in archive.namelist():
-            inner = _inner(name)
-            if inner.startswith(_NATIVE_DIRS):
-                problems.append(f"{inner} (compiled native code)")
-            elif inner.endswith(".pt") or inner.endswith(".pkl"):
-                if not _loads_as_weights(archive.read(name)):
-                    problems.append(f"{inner} (a pickle of Python objects)")
-            elif re.fullmatch(r"data/(weights|constants)/[^/]+_config\.json", inner):
-                problems += _unsafe_payloads(inner, archive.read(name))
-            elif re.fullmatch(r"models/[^/]+\.json|serialized_exported_program\.json", inner):
-                problems += _unsafe_program(inner, archive.read(name))
+            try:
+                problems += _unsafe_export_entry(archive, name)
+            except Exception as error:  # a damaged entry (bad CRC, nesting, compression): torch must not read it either
+                problems.append(f"{_inner(name)} (unreadable: {type(error).__name__})")
     return problems
+
+
+def _unsafe_export_entry(archive: zipfile.ZipFile, name: str) -> list[str]:
+    inner = _inner(name)
+    if inner.startswith(_NATIVE_DIRS):
+        return [f"{inner} (compiled native code)"]
+    if inner.endswith(".pt") or inner.endswith(".pkl"):
+        return [] if _loads_as_weights(archive.read(name)) else [f"{inner} (a pickle of Python objects)"]
+    if re.fullmatch(r"data/(weights|constants)/[^/]+_config\.json", inner):
+        return _unsafe_payloads(inner, archive.read(name))
+    if re.fullmatch(r"models/[^/]+\.json|serialized_exported_program\.json", inner):
+        return _unsafe_program(inner, archive.read(name))
+    return []
+
+
+def _duplicate_names(archive: zipfile.ZipFile) -> list[str]:
+    """A name stored twice: Python's zipfile reads the last copy, torch's reader may read
+    the first, so what we checked need not be what torch loads."""
+    names = archive.namelist()
+    return [f"{name} (stored twice)" for name in sorted({n for n in names if names.count(n) > 1})]
 
 
 def unsafe_torchscript_parts(path: str) -> list[str]:
@@ -92,10 +108,16 @@ def unsafe_torchscript_parts(path: str) -> list[str]:
     TorchScript's unpickler builds (empty: nothing)."""
     problems: list[str] = []
     with zipfile.ZipFile(path) as archive:
+        problems += _duplicate_names(archive)
         for name in archive.namelist():
             if not name.endswith(".pkl"):
                 continue
-            for global_name in _pickle_globals(archive.read(name)):
+            try:
+                payload = archive.read(name)
+            except Exception as error:
+                problems.append(f"{_inner(name)} (unreadable: {type(error).__name__})")
+                continue
+            for global_name in _pickle_globals(payload):
                 builtin_ok = not global_name.startswith("builtins ") or global_name in _TORCHSCRIPT_BUILTINS
                 if not (builtin_ok and _TORCHSCRIPT_GLOBALS.match(global_name)):
                     problems.append(f"{_inner(name)} (names {global_name.replace(' ', '.')})")
@@ -149,7 +171,7 @@ def _unsafe_program(where: str, raw: bytes) -> list[str]:
     for key, value in _walk(program):
         if key == "expr_str" and not _safe_sympy(value):
             problems.append(f"{where}: shape expression {str(value)[:60]!r} (evaluated as Python)")
-        elif key == "target" and isinstance(value, str) and not safe_graph_target(value):
+        elif key in ("target", "as_operator") and isinstance(value, str) and not safe_graph_target(value):
             problems.append(f"{where}: graph call {value[:60]!r} (not a torch operator)")
     guards = program.get("guards_code") or [] if isinstance(program, dict) else []
     for guard in guards if isinstance(guards, list) else [guards]:
@@ -195,22 +217,29 @@ def _safe_sympy(expr: Any) -> bool:
 def _safe_tokens(code: str, names: set[str], allow_attributes: bool, free_symbols: bool = False) -> bool:
     """True when `code` is an expression built only from `names` (plus shape
     symbols such as `s31` where `free_symbols`), numbers, identifier-like string
-    literals and arithmetic: nothing that can reach an object's attributes."""
+    literals and arithmetic: nothing that can reach an object's attributes.
+
+    A string is allowed only where torch writes one: a symbol's name right after
+    `Symbol(` in a shape expression, an input's name right after `[` in a guard.
+    Anywhere else (Integer('...'), Rational('...')) sympy would parse it as code."""
     if "__" in code or "\n" in code.strip():
         return False
     try:
         tokens = list(tokenize.generate_tokens(io.StringIO(code).readline))
     except (tokenize.TokenError, SyntaxError, IndentationError):
         return False
+    before: list[str] = ["", ""]  # the two tokens before this one
     for token in tokens:
         kind, text = token.type, token.string
+        before, previous = [before[1], text], before
         if kind in (tokenize.NEWLINE, tokenize.NL, tokenize.ENDMARKER, tokenize.NUMBER):
             continue
         if kind == tokenize.NAME:
             if text not in names and not (free_symbols and re.fullmatch(r"[a-z]+[0-9]+", text)):
                 return False
         elif kind == tokenize.STRING:
-            if not (len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"" and _SYMBOL.match(text[1:-1])):
+            where_allowed = previous == ["Symbol", "("] if free_symbols else previous[1] == "["
+            if not (where_allowed and len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"" and _SYMBOL.match(text[1:-1])):
                 return False
         elif kind == tokenize.OP:
             if text == "." and not allow_attributes:
@@ -224,14 +253,14 @@ def _safe_tokens(code: str, names: set[str], allow_attributes: bool, free_symbol
 
 
 def _pickle_globals(payload: bytes) -> list[str]:
-    """'module name' for every GLOBAL / STACK_GLOBAL a pickle names. STACK_GLOBAL
+    """'module name' for every GLOBAL / INST / STACK_GLOBAL a pickle names. STACK_GLOBAL
     takes its two names from the strings pushed just before it; when they are
     not plain string pushes, the pickle is treated as naming an unknown global."""
     found = []
     strings: list[str | None] = []
     try:
         for opcode, arg, _ in pickletools.genops(payload):
-            if opcode.name == "GLOBAL":
+            if opcode.name in ("GLOBAL", "INST"):  # INST names its class the way GLOBAL does
                 found.append(str(arg))
             elif opcode.name == "STACK_GLOBAL":
                 module, name = strings[-2:] if len(strings) >= 2 else (None, None)
