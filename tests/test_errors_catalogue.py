@@ -260,6 +260,9 @@ def make_fixtures(root: Path) -> dict[str, Path]:
     # The test process holds these locks (a flock conflicts between two open files even in
     # one process); claims made outside ownership.scope() last until the process exits.
     from transferset import ownership
+    f["run_half_replaced"] = root / "run_half_replaced"
+    (f["run_half_replaced"] / ownership.DISCARD).mkdir(parents=True)
+    (f["run_half_replaced"] / ownership.DISCARD / "owner").write_text("train")
     f["locked_out"] = root / "locked_out"
     ownership.claim(f["locked_out"])
     f["locked_writer"] = root / "locked_writer"
@@ -527,6 +530,7 @@ def cases(f: dict[str, Path], o: Path) -> dict[str, list]:
         "verify-drop-bad-symlinked-records": ["verify", f["set_symlinked_records"], "--drop-bad"],
         "train-transfer-shard-listed-twice": ["train", "--transfer", f["set_shard_twice"], *out],
         "train-transfer-flipped-bit-no-verify": ["train", "--transfer", f["set_crc"], "--no-verify", "--epochs", "1", *out],
+        "generate-out-interrupted-train-overwrite": ["generate", *gen, "--out", f["run_half_replaced"]],
         "generate-out-in-use": ["generate", *gen, "--out", f["locked_out"]],
         "generate-writer-index-in-use": ["generate", *gen, "--num-writers", "2", "--writer-index", "0", "--out", f["locked_writer"]],
         "train-out-in-use": [*data, "--out", f["locked_run"]],

@@ -164,7 +164,7 @@ def prepare_run_dir(cfg: "TrainConfig", out: Path, fingerprint: str, identity: d
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give a directory for the run")
     ownership.claim(out)  # this process's until train() returns: a second run into `out` is refused
-    if ownership.finish_discard(out, _is_run_output):  # a kill interrupted --overwrite: finish removing the old run
+    if ownership.finish_discard(out, _is_run_output, owner="train"):  # a kill interrupted --overwrite: finish removing the old run
         say(f"finished removing the run an interrupted --overwrite was replacing in {out}", cfg.quiet)
     existing = _read_run_config(config_path, damaged_ok=cfg.overwrite)
     if existing is None and ownership.entries(out):
@@ -264,7 +264,7 @@ def _is_run_output(path: Path) -> bool:
 def _discard_run_outputs(out: Path) -> None:
     """Delete what a run writes, and nothing else, so that a kill at any point leaves a
     directory the same command recovers (ownership.discard: moved aside first)."""
-    ownership.discard(out, _is_run_output)
+    ownership.discard(out, _is_run_output, owner="train")
 
 
 def _nothing_learned(out: Path, existing: dict) -> bool:

@@ -291,22 +291,38 @@ def _remove_if_empty(directory: Path, top: Path, ours: set[Path]) -> None:
 # -- crash-safe replacement ----------------------------------------------------------------------
 
 
-def discard(directory: Path, select: Callable[[Path], bool] = lambda p: True) -> None:
+_OWNER = "owner"  # inside the marker: which command's selection it is finishing
+
+
+def discard(directory: Path, select: Callable[[Path], bool] = lambda p: True, owner: str = "generate") -> None:
     """Delete the entries of `directory` that `select` picks (never our bookkeeping),
-    recoverably: marker folder first, then renames into it, then one rmtree."""
+    recoverably: marker folder first (naming `owner`, the command whose selection
+    this is), then renames into it, then one rmtree."""
     trash = directory / DISCARD
     with reporting_write_errors(directory):
         trash.mkdir(exist_ok=True)
+        (trash / _OWNER).write_text(owner)  # before anything moves: see finish_discard
         for number, entry in enumerate(p for p in entries(directory) if select(p)):
             os.rename(entry, trash / f"{os.getpid()}-{number}-{entry.name}")
         shutil.rmtree(trash)
 
 
-def finish_discard(directory: Path, select: Callable[[Path], bool] = lambda p: True) -> bool:
-    """Complete a replacement that a kill interrupted (True when there was one)."""
-    if not (directory / DISCARD).is_dir():
+def finish_discard(directory: Path, select: Callable[[Path], bool] = lambda p: True, owner: str = "generate") -> bool:
+    """Complete a replacement that a kill interrupted (True when there was one), with
+    the selection of the command that started it: another command refuses, since its
+    selection could delete what that one keeps (a train run's other files)."""
+    trash = directory / DISCARD
+    if not trash.is_dir():
         return False
-    discard(directory, select)
+    try:
+        started_by = (trash / _OWNER).read_text()
+    except OSError:  # killed before the owner was written, so before anything moved
+        shutil.rmtree(trash, ignore_errors=True)
+        return False
+    if started_by != owner:
+        raise UserError(f"--out {str(directory)!r} holds an interrupted `transferset {started_by} --overwrite`; "
+                        f"rerun that command to finish it, or choose another --out")
+    discard(directory, select, owner)
     return True
 
 
@@ -326,7 +342,18 @@ def create_exclusive_json(path: Path, obj) -> bool:
                 f.write(text)
                 f.flush()
                 os.fsync(f.fileno())
-            os.link(draft, path)
+            try:
+                os.link(draft, path)
+            except OSError as error:
+                if error.errno not in (errno.EOPNOTSUPP, errno.EPERM, errno.EXDEV, errno.ENOSYS, errno.EMLINK):
+                    raise
+                # No hard links here (some FUSE/SMB mounts): an exclusive create still lets
+                # exactly one of two racing writers win; a reader may then see it half-written,
+                # which generate treats as a different configuration (a refusal, not a mix).
+                with open(path, "xb") as f:
+                    f.write(text)
+                    f.flush()
+                    os.fsync(f.fileno())
         return True
     except FileExistsError:
         return False
