@@ -16,7 +16,7 @@ import pytest
 
 import cli
 from conftest import ROOT, TESTS, run_cli
-from transferset import ownership
+from transferset import ownership, replace
 from transferset.errors import UserError
 from transferset.format.manifest import JOB, read_manifest
 
@@ -214,7 +214,7 @@ def test_generate_overwrite_interrupted_after_moving_some_files_recovers(tmp_pat
     trash = out / ownership.DISCARD
     trash.mkdir()
     (trash / "owner").write_text("generate")  # written before anything moves
-    for entry in old if moved == "all" else old[:moved]:  # where a SIGKILL inside ownership.discard leaves it
+    for entry in old if moved == "all" else old[:moved]:  # where a SIGKILL inside replace.discard leaves it
         entry.rename(trash / entry.name)
     assert cli.main(generate_argv(lab, out, "-T", "5", "--overwrite")) == 0
     assert verifies(out) and one_provenance(out) == 5.0 and not trash.exists()
@@ -232,7 +232,7 @@ def test_train_overwrite_interrupted_recovers(tmp_path, sources):
     (run / "config.json").rename(trash / "config.json")  # the old code deleted config.json first: refused forever
     (run / "notes.txt").write_text("the user's own file: a train --overwrite keeps it")
     with pytest.raises(UserError, match="interrupted `transferset train --overwrite`; rerun that command"):
-        ownership.finish_discard(run, owner="generate")  # another command's selection would delete notes.txt
+        replace.finish_discard(run, owner="generate")  # another command's selection would delete notes.txt
     assert (run / "notes.txt").exists() and (trash / "config.json").exists()
     (run / "notes.txt").unlink()
     assert cli.main(train_argv(transfer, run, "--lr", "0.01", "--overwrite")) == 0

@@ -31,7 +31,7 @@ refused unless --overwrite, or unless the run there stopped before its first
 checkpoint (nothing to lose: a failed command must not block its correction);
 --resume [FILE] insists on a checkpoint and on the same config fingerprint.
 --overwrite moves the old run's files aside before deleting them
-(`ownership.discard`), so a kill at any point is recovered by the same command.
+(`replace.discard`), so a kill at any point is recovered by the same command.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ import torch
 from train.metrics import MetricsLog
 from train.world import SINGLE_PROCESS, World
 from transferset import __version__
-from transferset import ownership
+from transferset import ownership, replace
 from transferset.errors import UserError
 from transferset.progress import say
 from transferset.trust import safe_load
@@ -164,7 +164,7 @@ def prepare_run_dir(cfg: "TrainConfig", out: Path, fingerprint: str, identity: d
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give a directory for the run")
     ownership.claim(out)  # this process's until train() returns: a second run into `out` is refused
-    if ownership.finish_discard(out, _is_run_output, owner="train"):  # a kill interrupted --overwrite: finish removing the old run
+    if replace.finish_discard(out, _is_run_output, owner="train"):  # a kill interrupted --overwrite: finish removing the old run
         say(f"finished removing the run an interrupted --overwrite was replacing in {out}", cfg.quiet)
     existing = _read_run_config(config_path, damaged_ok=cfg.overwrite)
     if existing is None and ownership.entries(out):
@@ -263,8 +263,8 @@ def _is_run_output(path: Path) -> bool:
 
 def _discard_run_outputs(out: Path) -> None:
     """Delete what a run writes, and nothing else, so that a kill at any point leaves a
-    directory the same command recovers (ownership.discard: moved aside first)."""
-    ownership.discard(out, _is_run_output, owner="train")
+    directory the same command recovers (replace.discard: moved aside first)."""
+    replace.discard(out, _is_run_output, owner="train")
 
 
 def _nothing_learned(out: Path, existing: dict) -> bool:

@@ -144,6 +144,38 @@ def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
             h.update(block)
     return h.hexdigest()
 
+def create_exclusive_json(path: Path, obj: Any) -> bool:
+    """Publish `obj` as `path` only if no `path` exists (False then): a fully written,
+    fsynced temp file hard-linked into place, so `path` is never seen half-written
+    and of two racing creators exactly one wins."""
+    if path.exists():
+        return False
+    text = json.dumps(obj, indent=1, sort_keys=True).encode()
+    draft = path.with_name(f".{path.name}.tmp-{os.getpid()}-new")  # a temp name generate's cleanup knows
+    try:
+        with reporting_write_errors(path):
+            _write_synced(draft, text, "wb")
+            try:
+                os.link(draft, path)
+            except OSError as error:
+                if error.errno not in (errno.EOPNOTSUPP, errno.EPERM, errno.EXDEV, errno.ENOSYS, errno.EMLINK):
+                    raise
+                # No hard links here (some FUSE/SMB mounts): an exclusive create still lets
+                # exactly one of two racing writers win; a reader may then see it half-written,
+                # which generate treats as a different configuration (a refusal, not a mix).
+                _write_synced(path, text, "xb")
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        draft.unlink(missing_ok=True)
+
+
+def _write_synced(path: Path, data: bytes, mode: str) -> None:
+    with open(path, mode) as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def expand_parquet_paths(specs, what: str) -> list[str]:

@@ -15,11 +15,8 @@ A refused claim names the holder (pid, host, command line: what every holder
 writes into the lock file it takes) in one line. Locks are taken without
 waiting: a second command on one directory is an error, never a queue.
 
-`discard` replaces a directory's contents so that a kill at any moment is
-recoverable: it first creates a marker folder inside the directory, moves the
-old entries into it by rename, then deletes the folder. While the marker exists
-nothing new has been written, so a rerun that finds it (`finish_discard`)
-completes the deletion before it looks at anything else.
+Crash-safe replacement of a directory's contents (`--overwrite`) is
+`transferset/replace.py`; its marker folder (`DISCARD`) is bookkeeping here.
 
 `scope()` brackets one command: claims made inside are released at its end,
 and a directory that a failed command created and left empty is removed again.
@@ -31,7 +28,6 @@ import errno
 import fcntl
 import os
 import shlex
-import shutil
 import socket
 import sys
 from contextlib import contextmanager
@@ -286,76 +282,3 @@ def _remove_if_empty(directory: Path, top: Path, ours: set[Path]) -> None:
             folder = folder.parent
     except OSError:
         return
-
-
-# -- crash-safe replacement ----------------------------------------------------------------------
-
-
-_OWNER = "owner"  # inside the marker: which command's selection it is finishing
-
-
-def discard(directory: Path, select: Callable[[Path], bool] = lambda p: True, owner: str = "generate") -> None:
-    """Delete the entries of `directory` that `select` picks (never our bookkeeping),
-    recoverably: marker folder first (naming `owner`, the command whose selection
-    this is), then renames into it, then one rmtree."""
-    trash = directory / DISCARD
-    with reporting_write_errors(directory):
-        trash.mkdir(exist_ok=True)
-        (trash / _OWNER).write_text(owner)  # before anything moves: see finish_discard
-        for number, entry in enumerate(p for p in entries(directory) if select(p)):
-            os.rename(entry, trash / f"{os.getpid()}-{number}-{entry.name}")
-        shutil.rmtree(trash)
-
-
-def finish_discard(directory: Path, select: Callable[[Path], bool] = lambda p: True, owner: str = "generate") -> bool:
-    """Complete a replacement that a kill interrupted (True when there was one), with
-    the selection of the command that started it: another command refuses, since its
-    selection could delete what that one keeps (a train run's other files)."""
-    trash = directory / DISCARD
-    if not trash.is_dir():
-        return False
-    try:
-        started_by = (trash / _OWNER).read_text()
-    except OSError:  # killed before the owner was written, so before anything moved
-        shutil.rmtree(trash, ignore_errors=True)
-        return False
-    if started_by != owner:
-        raise UserError(f"--out {str(directory)!r} holds an interrupted `transferset {started_by} --overwrite`; "
-                        f"rerun that command to finish it, or choose another --out")
-    discard(directory, select, owner)
-    return True
-
-
-def create_exclusive_json(path: Path, obj) -> bool:
-    """Publish `obj` as `path` only if no `path` exists (False then): a fully written,
-    fsynced temp file hard-linked into place, so `path` is never seen half-written
-    and of two racing creators exactly one wins."""
-    import json
-
-    if path.exists():
-        return False
-    text = json.dumps(obj, indent=1, sort_keys=True).encode()
-    draft = path.with_name(f".{path.name}.tmp-{os.getpid()}-new")  # a temp name generate's cleanup knows
-    try:
-        with reporting_write_errors(path):
-            with open(draft, "wb") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            try:
-                os.link(draft, path)
-            except OSError as error:
-                if error.errno not in (errno.EOPNOTSUPP, errno.EPERM, errno.EXDEV, errno.ENOSYS, errno.EMLINK):
-                    raise
-                # No hard links here (some FUSE/SMB mounts): an exclusive create still lets
-                # exactly one of two racing writers win; a reader may then see it half-written,
-                # which generate treats as a different configuration (a refusal, not a mix).
-                with open(path, "xb") as f:
-                    f.write(text)
-                    f.flush()
-                    os.fsync(f.fileno())
-        return True
-    except FileExistsError:
-        return False
-    finally:
-        draft.unlink(missing_ok=True)

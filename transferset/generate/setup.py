@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from transferset import __version__, ownership
+from transferset import __version__, ownership, replace
 from transferset import teachers as teacher_lib
 from transferset.combine import normalised_weights
 from transferset.errors import UserError, first_line
@@ -26,7 +26,7 @@ from transferset.format.codecs import TargetCodec, get_codec
 from transferset.format.manifest import JOB, MANIFEST, Manifest, read_manifest
 from transferset.format.provenance import Provenance, fingerprint
 from transferset.generate.config import GenerateConfig
-from transferset.io import expand_parquet_paths
+from transferset.io import create_exclusive_json, expand_parquet_paths
 from transferset.labels import check_label_range
 from transferset.progress import say
 from transferset.sources import ShardPlan, SourceFile, check_unique_ids, label_stats, open_source, read_shard_rows
@@ -142,7 +142,7 @@ def prepare_out(cfg: GenerateConfig, values: dict) -> Manifest | None:
     held = ownership.claim(out, writer=writer)
     if (out / ownership.DISCARD).exists():  # a kill interrupted an --overwrite: its old set goes first,
         ownership.exclusive(held)  # by one process alone (cooperative writers wait for it)
-        ownership.finish_discard(out)
+        replace.finish_discard(out)
         ownership.downgrade(held)
         say(f"finished removing the set an interrupted --overwrite was replacing in {out}", cfg.quiet)
     job = out / JOB
@@ -155,7 +155,7 @@ def prepare_out(cfg: GenerateConfig, values: dict) -> Manifest | None:
             if not cfg.overwrite:
                 raise different_configuration(out, recorded.get("fingerprint_values"), values)
             ownership.exclusive(held)
-            ownership.discard(out)  # recoverable at every kill point (see ownership.discard)
+            replace.discard(out)  # recoverable at every kill point (see replace.discard)
             ownership.downgrade(held)
         elif (out / MANIFEST).exists():
             say(f"{out} is already complete with this configuration; nothing to do", cfg.quiet)
@@ -254,7 +254,7 @@ def recorded_provenance(cfg: GenerateConfig, fresh: Provenance, values: dict) ->
     other compares its configuration with the recorded one."""
     job_path = cfg.out / JOB
     record = {"config_fingerprint": fresh.config_fingerprint, "fingerprint_values": values, "provenance": fresh.encode()}
-    if ownership.create_exclusive_json(job_path, record):
+    if create_exclusive_json(job_path, record):
         return fresh
     try:
         job = json.loads(job_path.read_text())
