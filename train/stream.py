@@ -94,9 +94,6 @@ class StreamSource:
         self.num_labelled = num_labelled
         self.provenance = provenance  # None for plain labelled data
         self.codec: TargetCodec | None = get_codec(provenance.target_kind) if provenance else None
-        self.has_targets = provenance is not None
-        self.temperature = provenance.temperature if provenance else None
-        self.combine = provenance.combine if provenance else None
         self._label_column = label_column
         self._columns = columns  # the columns every file has (for columns_extra)
         self._kept: tuple | None = None  # (key, WindowData) of a set that fits in one window
@@ -110,6 +107,18 @@ class StreamSource:
             else:  # inputs kept as Arrow until the transform: count the stored row group
                 sizes = [g.nbytes + g.rows * row_bytes for g in self._row_groups]
             self._window = max(1, window_bytes // max(sizes))
+
+    @property
+    def has_targets(self) -> bool:
+        return self.provenance is not None
+
+    @property
+    def temperature(self) -> float | None:
+        return self.provenance.temperature if self.provenance else None
+
+    @property
+    def combine(self) -> str | None:
+        return self.provenance.combine if self.provenance else None
 
     @property
     def window_row_groups(self) -> int:
