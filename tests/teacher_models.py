@@ -65,3 +65,27 @@ class PickledStateDict(dict):
 
 class PickledTuple(tuple):
     """A tuple subclass: torch's weights_only loader refuses it, full unpickling builds it."""
+
+
+class _TinyLM(torch.nn.Module):
+    """A causal 'language model' for token sources: position t sees the mean embedding of
+    the real tokens 0..t, so its logits [B, L, V] depend on the prefix only."""
+
+    def __init__(self, seed: int, vocab: int = 300, width: int = 16):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.embed = torch.nn.Embedding(vocab, width)
+        self.out = torch.nn.Linear(width, vocab)
+
+    def forward(self, input_ids, attention_mask):
+        mask = attention_mask.to(torch.float32)[..., None]
+        summed = (self.embed(input_ids.long()) * mask).cumsum(dim=1)
+        return 3 * self.out(torch.tanh(summed / mask.cumsum(dim=1).clamp(min=1)))
+
+
+def tiny_lm_a() -> torch.nn.Module:
+    return _TinyLM(11)
+
+
+def tiny_lm_b() -> torch.nn.Module:
+    return _TinyLM(12)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,13 +36,16 @@ import pytest
 from conftest import ROOT, run_cli, write_pixels_source
 
 DOC = ROOT / "docs" / "errors.md"
-COMMANDS = ("convert", "generate", "inspect", "verify", "train", "eval")
+COMMANDS = ("convert", "generate", "recombine", "inspect", "verify", "report", "ls", "card", "train", "eval")
 # Rows also run in a fresh interpreter (each costs a torch import, ~2 s).
 SUBPROCESS = ("convert-exclude-every-class", "generate-duplicate-ids", "inspect-manifest-not-json",
               "train-student-factory-raises", "train-multi-process", "eval-class-bias-out-of-range")
 
 # Rows whose bad input is the environment a launcher sets, not a flag: the variables set while the row runs.
 ENVIRONMENT = {"train-multi-process": {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}}
+
+# Rows whose bad input is a missing optional dependency: modules made unimportable while the row runs.
+MISSING_MODULES = {"report-matplotlib-missing": ("matplotlib",)}
 
 # Rows whose input is only bad on a machine without CUDA.
 CPU_ONLY = ("generate-device-cuda-missing", "train-precision-fp16-cpu")
@@ -241,8 +245,8 @@ def make_fixtures(root: Path) -> dict[str, Path]:
     (f["set_bad_json"] / "_manifest.json").write_text('{"format": "transferset-manifest", "rows": ')
     f["set_outside"] = _copy(f["set"], root / "set_outside")
     _edit_manifest(f["set_outside"], lambda d: d["shards"][0].update(path="../lab.parquet"))
-    f["set_topk"] = _copy(f["set"], root / "set_topk")
-    _edit_manifest(f["set_topk"], lambda d: d["provenance"].update(target_kind="topk"))
+    f["set_views"] = _copy(f["set"], root / "set_views")
+    _edit_manifest(f["set_views"], lambda d: d["provenance"].update(target_kind="views"))
     f["set_v2"] = _copy(f["set"], root / "set_v2")
     _edit_manifest(f["set_v2"], lambda d: d.update(schema_version=2))
     f["set_missing_shard"] = _copy(f["set"], root / "set_missing_shard")
@@ -285,6 +289,33 @@ def make_fixtures(root: Path) -> dict[str, Path]:
     shutil.rmtree(f["set_symlinked_records"] / "_shards")
     (f["set_symlinked_records"] / "_shards").symlink_to(f["set"] / "_shards")
     f["set_crc"] = _flip_page_bit(_copy(f["set"], root / "set_crc"), "logits")
+    f["set_top3"] = root / "set_top3"
+    _main(["generate", *TEACHER, "--source", f["lab"], *PIXELS, "--targets", "topk:3", "--out", f["set_top3"]])
+
+    # text corpora and a tokenizer (convert --text)
+    from text_fixtures import SENTENCES, save_tokenizer, write_jsonl
+
+    f["tokenizer"] = save_tokenizer(root / "tokenizer")
+    f["corpus"] = write_jsonl(root / "corpus.jsonl", [{"text": s, "label": i % 2} for i, s in enumerate(SENTENCES)])
+    f["corpus_null"] = write_jsonl(root / "corpus_null.jsonl", [{"text": "fine"}, {"text": None}])
+    f["corpus_tsv"] = root / "corpus.tsv"
+    f["corpus_tsv"].write_text("sentence\tlabel\nfine\t1\nalso fine\t-1\n")
+    f["corpus_txt"] = root / "corpus.txt"
+    f["corpus_txt"].write_text("plain text\n")
+    f["token_source"] = root / "tokens.parquet"
+    _main(["convert", "--text", f["corpus"], "--tokenizer", f["tokenizer"], "--max-length", "64", "--out", f["token_source"]])
+    f["set_tokens"] = root / "set_tokens"
+    _main(["generate", "--teacher", "teacher_models:tiny_lm_a", "--source", f["token_source"], "--targets", "topk:2", "--out", f["set_tokens"]])
+
+    # Hugging Face teacher directories, real up to the weights (no transformers import; tests/hf_fixtures.py)
+    from hf_fixtures import fake_model
+
+    f["hf_custom"] = fake_model(root / "hf_custom", auto_map={"AutoModelForCausalLM": "modeling.Mine"})
+    f["hf_pickled"] = fake_model(root / "hf_pickled", weights="pytorch_model.bin")
+    f["hf_padded"] = fake_model(root / "hf_padded", vocab_size=280)
+    f["hf_untokenized"] = fake_model(root / "hf_untokenized")
+    (f["hf_untokenized"] / "tokenizer.json").unlink()
+    f["hf_base"] = fake_model(root / "hf_base", architectures=["GPT2Model"], model_type="gpt2")
 
     # a finished training run (for eval) and damaged copies
     f["run"] = root / "run"
@@ -392,6 +423,7 @@ def cases(f: dict[str, Path], o: Path) -> dict[str, list]:
     gen = [*TEACHER, "--source", f["lab"], *PIXELS]
     data = ["train", "--data", f["lab"], *PIXELS, "--epochs", "1", "--student-arg", "hidden=8"]
     transfer = ["train", "--transfer", f["set"], "--epochs", "1", "--student-arg", "hidden=8"]
+    tok = ["--tokenizer", f["tokenizer"], "--max-length", "64"]
     return {
         # convert
         "convert-no-input": ["convert", *out],
@@ -426,6 +458,18 @@ def cases(f: dict[str, Path], o: Path) -> dict[str, list]:
         "convert-columns-clash": ["convert", "--images", f["images"], "--labels", f["labels"], "--label-column", "pixels", *out],
         "convert-out-exists": ["convert", "--images", f["images"], "--out", f["a_file"]],
         "convert-out-is-input": ["convert", "--images", f["images"], "--out", f["images"], "--overwrite"],
+        "convert-text-tokenizer-missing": ["convert", "--text", f["corpus"], "--tokenizer", f["empty_dir"] / "nowhere", "--max-length", "64", *out],
+        "convert-text-no-tokenizer-json": ["convert", "--text", f["corpus"], "--tokenizer", f["empty_dir"], "--max-length", "64", *out],
+        "convert-text-field-missing": ["convert", "--text", f["corpus"], "--text-field", "body", *tok, *out],
+        "convert-text-null": ["convert", "--text", f["corpus_null"], *tok, *out],
+        "convert-text-too-long": ["convert", "--text", f["corpus"], "--tokenizer", f["tokenizer"], "--max-length", "3", *out],
+        "convert-text-pack-with-labels": ["convert", "--text", f["corpus"], "--label-field", "label", "--pack", *tok, *out],
+        "convert-text-max-length-one": ["convert", "--text", f["corpus"], "--tokenizer", f["tokenizer"], "--max-length", "1", *out],
+        "convert-text-and-images": ["convert", "--text", f["corpus"], "--images", f["images"], *tok, *out],
+        "convert-text-no-tokenizer": ["convert", "--text", f["corpus"], "--max-length", "64", *out],
+        "convert-text-bad-label": ["convert", "--text", f["corpus_tsv"], "--text-field", "sentence", "--label-field", "label", *tok, *out],
+        "convert-text-unknown-format": ["convert", "--text", f["corpus_txt"], *tok, *out],
+        "convert-tokenizer-without-text": ["convert", "--images", f["images"], "--tokenizer", f["tokenizer"], *out],
         # generate
         "generate-no-teacher": ["generate", "--source", f["lab"], *PIXELS, *out],
         "generate-teacher-missing": ["generate", "--teacher", o.parent / "teacher.pt2", "--source", f["lab"], *PIXELS, *out],
@@ -496,6 +540,54 @@ def cases(f: dict[str, Path], o: Path) -> dict[str, list]:
         "generate-teacher-form-unknown": ["generate", "--teacher", f"onnx:{f['a_file']}", "--source", f["lab"], *PIXELS, *out],
         "generate-out-is-a-file": ["generate", *gen, "--out", f["a_file"]],
         "generate-out-other-config": ["generate", *gen, "-T", "5", "--out", f["set"]],
+        "generate-targets-topk-zero": ["generate", *gen, "--targets", "topk:0", *out],
+        "generate-targets-topk-not-a-number": ["generate", *gen, "--targets", "topk:x", *out],
+        "generate-targets-topk-all-classes": ["generate", *gen, "--targets", "topk:10", *out],
+        "generate-targets-sampled-too-many": ["generate", *gen, "--targets", "sampled:40000", *out],
+        "generate-targets-reserved-kind": ["generate", *gen, "--targets", "views:2", *out],
+        "generate-specialist-class-outside": ["generate", *gen, "--specialist", "test_specialists:spec_a", "--classes", "3,5,12", "--combine", "specialists", *out],
+        "generate-specialist-class-repeated": ["generate", *gen, "--specialist", "test_specialists:spec_a", "--classes", "3,5,3", "--combine", "specialists", *out],
+        "generate-specialist-wrong-width": ["generate", *gen, "--specialist", "test_specialists:spec_a", "--classes", "3,5", "--combine", "specialists", *out],
+        "generate-specialist-all-classes": ["generate", *gen, "--specialist", "teacher_models:tiny_b", "--classes", "0,1,2,3,4,5,6,7,8,9", "--combine", "specialists", *out],
+        "generate-specialist-without-generalist": ["generate", "--specialist", "test_specialists:spec_a", "--classes", "3,5,8", "--combine", "specialists", "--source", f["lab"], *PIXELS, *out],
+        "generate-specialists-without-specialist": ["generate", *gen, "--combine", "specialists", *out],
+        "generate-specialist-other-combine": ["generate", *gen, "--specialist", "test_specialists:spec_a", "--classes", "3,5,8", "--combine", "arithmetic", *out],
+        "generate-specialist-keep-teacher-logits": ["generate", *gen, "--specialist", "test_specialists:spec_a", "--classes", "3,5,8", "--combine", "specialists", "--keep-teacher-logits", *out],
+        "generate-classes-before-specialist": ["generate", *gen, "--classes", "3,5,8", "--combine", "specialists", *out],
+        "generate-specialist-without-classes": ["generate", *gen, "--specialist", "test_specialists:spec_a", "--combine", "specialists", *out],
+        "generate-classes-letters": ["generate", *gen, "--specialist", "test_specialists:spec_a", "--classes", "3,five", "--combine", "specialists", *out],
+        "generate-specialist-top-zero": ["generate", *gen, "--specialist", "test_specialists:spec_a", "--classes", "3,5,8", "--combine", "specialists", "--specialist-top", "0", *out],
+        "generate-hf-teacher-missing": ["generate", "--teacher", f"hf:{f['empty_dir'] / 'gpt2'}", "--source", f["lab"], *PIXELS, *out],
+        "generate-hf-teacher-no-config": ["generate", "--teacher", f"hf:{f['empty_dir']}", "--source", f["lab"], *PIXELS, *out],
+        "generate-teacher-directory": ["generate", "--teacher", f["empty_dir"], "--source", f["lab"], *PIXELS, *out],
+        "generate-hf-teacher-custom-code": ["generate", "--teacher", f"hf:{f['hf_custom']}", "--source", f["lab"], *PIXELS, *out],
+        "generate-hf-teacher-pickle-only": ["generate", "--teacher", f"hf:{f['hf_pickled']}", "--source", f["lab"], *PIXELS, *out],
+        "generate-hf-teacher-no-tokenizer": ["generate", "--teacher", f"hf:{f['hf_untokenized']}", "--source", f["lab"], *PIXELS, *out],
+        "generate-hf-teacher-vocab-size": ["generate", "--teacher", f"hf:{f['hf_padded']}", "--source", f["lab"], *PIXELS, *out],
+        "generate-hf-teacher-architecture": ["generate", "--teacher", f"hf:{f['hf_base']}", "--source", f["lab"], *PIXELS, *out],
+        "generate-tokens-keep-teacher-logits": ["generate", "--teacher", "teacher_models:tiny_lm_a", "--source", f["token_source"], "--keep-teacher-logits", *out],
+        # recombine
+        "recombine-members-out-of-range": ["recombine", f["set"], "--members", "0,1", *out],
+        "recombine-members-empty": ["recombine", f["set"], "--members", "", *out],
+        "recombine-unknown-combine": ["recombine", f["set"], "--combine", "median", *out],
+        "recombine-combine-specialists": ["recombine", f["set"], "--combine", "specialists", *out],
+        "recombine-weights-count": ["recombine", f["set"], "--weights", "1,2", *out],
+        "recombine-no-member-logits": ["recombine", f["set"], "-T", "3", *out],
+        "recombine-source-damaged": ["recombine", f["set_flipped"], *out],
+        "recombine-source-incomplete": ["recombine", f["set_incomplete"], *out],
+        "recombine-out-not-a-set": ["recombine", f["set_unl"], "-T", "3", "--out", f["existing_out"]],
+        "recombine-out-other-set": ["recombine", f["set_unl"], "-T", "3", "--out", f["set_7_classes"]],
+        "recombine-out-is-source": ["recombine", f["set_unl"], "-T", "3", "--out", f["set_unl"]],
+        # report
+        "report-no-out": ["report", f["set"]],
+        "report-not-a-set": ["report", f["not_a_set"], *out],
+        "report-damaged-shard": ["report", f["set_flipped"], *out],
+        "report-target-kind-views": ["report", f["set_views"], *out],
+        "report-out-is-a-file": ["report", f["set"], "--out", f["a_file"]],
+        "report-out-not-a-report": ["report", f["set"], "--out", f["existing_out"]],
+        "report-out-below-a-file": ["report", f["set"], "--out", f["a_file"] / "report"],
+        "report-matplotlib-missing": ["report", f["set"], *out],  # with MISSING_MODULES
+        "report-per-token": ["report", f["set_tokens"], *out],
         # inspect
         "inspect-missing": ["inspect", o.parent / "no-such-set"],
         "inspect-a-file": ["inspect", f["lab"]],
@@ -504,23 +596,30 @@ def cases(f: dict[str, Path], o: Path) -> dict[str, list]:
         "inspect-incomplete": ["inspect", f["set_incomplete"]],
         "inspect-manifest-not-json": ["inspect", f["set_bad_json"]],
         "inspect-path-outside": ["inspect", f["set_outside"]],
-        "inspect-target-kind-topk": ["inspect", f["set_topk"]],
+        "inspect-target-kind-views": ["inspect", f["set_views"]],
         "inspect-schema-version": ["inspect", f["set_v2"]],
         "inspect-mixed-schema-versions": ["inspect", f["set_mixed"]],
         "inspect-missing-shard": ["inspect", f["set_missing_shard"]],
         "inspect-truncated-shard": ["inspect", f["set_truncated"]],
         "inspect-damaged-page": ["inspect", f["set_damaged_page"]],
+        "inspect-per-token": ["inspect", f["set_tokens"]],
         # verify
         "verify-missing": ["verify", o.parent / "no-such-set"],
         "verify-empty-dir": ["verify", f["empty_dir"]],
         "verify-not-a-set": ["verify", f["not_a_set"]],
         "verify-manifest-not-json": ["verify", f["set_bad_json"]],
         "verify-path-outside": ["verify", f["set_outside"]],
-        "verify-target-kind-topk": ["verify", f["set_topk"]],
+        "verify-target-kind-views": ["verify", f["set_views"]],
         "verify-flipped-byte": ["verify", f["set_flipped"]],
         "verify-missing-shard": ["verify", f["set_missing_shard"]],
         "verify-truncated-shard": ["verify", f["set_truncated"]],
         "verify-mixed-schema-versions": ["verify", f["set_mixed"]],
+        # card and ls
+        "card-not-a-set": ["card", f["not_a_set"]],
+        "card-incomplete": ["card", f["set_incomplete"]],
+        "card-description-file-missing": ["card", f["set"], "--description-file", o.parent / "no-such.md"],
+        "ls-missing": ["ls", o.parent / "no-such-root"],
+        "ls-a-file": ["ls", f["lab"]],
         # train
         "inspect-invalid-provenance-field": ["inspect", f["set_bad_field"]],
         "verify-shard-listed-twice": ["verify", f["set_shard_twice"]],
@@ -548,7 +647,7 @@ def cases(f: dict[str, Path], o: Path) -> dict[str, list]:
         "train-transfer-is-parquet": ["train", "--transfer", f["lab"], *out],
         "train-transfer-manifest-not-json": ["train", "--transfer", f["set_bad_json"], *out],
         "train-transfer-path-outside": ["train", "--transfer", f["set_outside"], *out],
-        "train-transfer-topk": ["train", "--transfer", f["set_topk"], *out],
+        "train-transfer-views": ["train", "--transfer", f["set_views"], *out],
         "train-transfer-flipped-byte": ["train", "--transfer", f["set_flipped"], *out],
         "train-transfer-truncated-no-verify": ["train", "--transfer", f["set_truncated"], "--no-verify", *out],
         "train-transfer-damaged-page-no-verify": ["train", "--transfer", f["set_damaged_page"], "--no-verify", "--epochs", "1", *out],
@@ -606,6 +705,8 @@ def cases(f: dict[str, Path], o: Path) -> dict[str, list]:
         "train-out-not-a-run": [*data, "--out", f["existing_out"]],
         "train-out-is-a-file": [*data, "--out", f["a_file"]],
         "train-out-other-config": [*data, "--epochs", "2", "--out", f["run"]],
+        "train-temperature-sparse-targets": ["train", "--transfer", f["set_top3"], "--temperature", "4", *out],
+        "train-transfer-per-token": ["train", "--transfer", f["set_tokens"], *out],
         # eval
         "eval-not-a-run": ["eval", f["not_a_set"], "--data", f["lab"]],
         "eval-unfinished-run": ["eval", f["run_unfinished"], "--data", f["lab"]],
@@ -693,10 +794,12 @@ def _published(argv: list) -> dict[str, tuple[int, int]]:
         return {}
     if command == "convert":
         found = [out, *out.parent.glob(f".{out.name}.*")]
-    elif command == "generate":
+    elif command in ("generate", "recombine"):
         found = [out / "_manifest.json", *out.glob("part-*.parquet"), *out.glob(".part-*")] if out.is_dir() else []
     elif command == "train":
         found = [out / "student.pt", out / "student.pt2", *out.glob(".student.pt*")] if out.is_dir() else []
+    elif command == "report":
+        found = [out / "index.html", *out.glob("*.png"), *out.parent.glob(f".{out.name}.*/*")] if out.is_dir() else [out]
     else:
         found = []
     return {str(p): (p.stat().st_mtime_ns, p.stat().st_size) for p in found if p.is_file()}
@@ -723,6 +826,8 @@ def test_bad_input(row: Row, fx, tmp_path, capsys, monkeypatch):
         pytest.skip("the input is valid on a machine with CUDA")
     for name, value in ENVIRONMENT.get(row.id, {}).items():
         monkeypatch.setenv(name, value)
+    for name in MISSING_MODULES.get(row.id, ()):
+        monkeypatch.setitem(sys.modules, name, None)
 
     argv = [str(a) for a in cases(fx, tmp_path / "out")[row.id]] + ["--quiet"]
     before = _published(argv)

@@ -162,6 +162,25 @@ class ProbsCodec:
     def bytes_per_row(self, provenance):
         return 4 * provenance.num_classes
 
+    def temperature_exact(self, provenance):
+        return False  # probabilities at the stored T
+
+    def parse_options(self, text):
+        return {}
+
+    def statistics(self, provenance):
+        p = pl.col("probs").cast(pl.List(pl.Float32))
+        return {"top1": pl.col("probs").arr.arg_max(), "entropy": -p.list.eval(pl.element() * pl.element().clip(1e-30).log()).list.sum()}
+
+    def check_options(self, options, num_classes):
+        pass
+
+    def describe(self, provenance):
+        return "- `probs`: the combined teacher distribution at the stored T, float32."
+
+    def recipe(self, provenance):
+        return ['targets = column("probs", np.float32)']
+
 
 def test_a_new_target_kind_generates_and_trains(tmp_path, sources):
     from train.stream import StreamSource

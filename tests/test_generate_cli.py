@@ -43,7 +43,7 @@ def test_round_trip_matches_teachers(tmp_path, sources):
     assert proc.returncode == 0, proc.stderr
 
     table = pl.read_parquet(f"{out}/*.parquet")  # polars, directly
-    assert ds.dataset(out).count_rows() == 720  # pyarrow.dataset, directly
+    assert ds.dataset(out, exclude_invalid_files=True).count_rows() == 720  # pyarrow.dataset, past the card
     assert table.height == 720 and table["id"].n_unique() == 720
     src = pq.read_table(lab)
     got_labels = table.filter(pl.col("source") == str(lab))["label"].to_list()

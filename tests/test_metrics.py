@@ -63,7 +63,8 @@ def test_accumulator_matches_numpy_over_uneven_batches(C):
     targets = logits + rng.standard_normal((n, C)).astype(np.float32)
     acc = EvalAccumulator(C)
     for start, stop in [(0, 1), (1, 64), (64, 65), (65, 203)]:  # includes an all-unlabelled batch (row 0)
-        acc.update(torch.from_numpy(logits[start:stop]), torch.from_numpy(labels[start:stop]), torch.from_numpy(targets[start:stop]))
+        acc.update(torch.from_numpy(logits[start:stop]), torch.from_numpy(labels[start:stop]),
+                   torch.from_numpy(targets[start:stop]).argmax(dim=-1))  # the teachers' top class
     _check(acc.result(), np_reference(logits, labels, targets))
 
 
@@ -110,7 +111,7 @@ class _Fixed(torch.nn.Module):
 def test_evaluate_applies_class_bias_before_every_metric():
     logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
     labels = torch.tensor([1, 1, 2])
-    batch = SimpleNamespace(inputs=logits, labels=labels, target_logits=None, to=lambda device, non_blocking=False: batch)
+    batch = SimpleNamespace(inputs=logits, labels=labels, teacher_top1=None, to=lambda device, non_blocking=False: batch)
     plain = evaluate(_Fixed(), [batch], num_classes=3, device=torch.device("cpu"))
     assert plain["errors"] == 1 and plain["per_class_errors"] == [0, 1, 0]
     biased = evaluate(_Fixed(), [batch], num_classes=3, device=torch.device("cpu"), class_bias=parse_class_bias(["1=2.5"], 3))

@@ -184,7 +184,7 @@ class TrainConfig:
         return self.weight_decay if self.weight_decay is not None else {"sgd": 0.0, "adamw": 0.01}[self.optimizer]
 
     def check_data(self, *, has_targets: bool, num_labelled: int, combine: str | None, stored_temperature: float | None,
-                   target_kind: str | None = None, kind_losses: tuple[str, ...] = ()) -> None:
+                   target_kind: str | None = None, kind_losses: tuple[str, ...] = (), temperature_exact: bool = True) -> None:
         """Checks that need the opened data; all problems in one error."""
         problems = []
         if has_targets and self.loss not in kind_losses:
@@ -192,15 +192,23 @@ class TrainConfig:
         if has_targets:
             if self.resolved_alpha < 1 and num_labelled == 0:
                 problems.append(f"--alpha {self.alpha} asks for a hard-label term but the transfer set has no labelled rows; use --alpha 1")
-            if combine == "arithmetic" and self.loss == "mse":
+            baked = {"arithmetic": "an arithmetic mean of probabilities", "specialists": "a specialist ensemble's distribution"}
+            if combine in baked and self.loss == "mse":  # T baked in, no teacher logits (combine.py)
                 problems.append(
-                    "--loss mse matches logits, but this transfer set stores an arithmetic mean of probabilities (no teacher logits to match); "
+                    f"--loss mse matches logits, but this transfer set stores {baked[combine]} (no teacher logits to match); "
                     "use --loss kd, or regenerate with --combine geometric"
                 )
-            if combine == "arithmetic" and self.temperature is not None and not math.isclose(self.temperature, stored_temperature, rel_tol=1e-6):
+            other_t = self.temperature is not None and not math.isclose(self.temperature, stored_temperature, rel_tol=1e-6)
+            if combine in baked and other_t and target_kind in (None, "dense"):
                 problems.append(
-                    f"--temperature {self.temperature} differs from the transfer set's T={stored_temperature}, but its arithmetic targets have T baked in; "
+                    f"--temperature {self.temperature} differs from the transfer set's T={stored_temperature}, but its {combine} targets have T baked in; "
                     f"drop --temperature, or regenerate with --combine geometric (valid at any T)"
+                )
+            elif other_t and not temperature_exact:
+                problems.append(
+                    f"--temperature {self.temperature} differs from the transfer set's T={stored_temperature}, but its {target_kind} targets "
+                    f"store probabilities at T={stored_temperature} only (re-tempering a sparse support is not exact); "
+                    f"drop --temperature, or regenerate the set at the T you want"
                 )
         else:
             if num_labelled == 0:

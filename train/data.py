@@ -76,6 +76,7 @@ def open_training_data(cfg: TrainConfig, world: World) -> TrainingData:
     cfg.check_data(
         has_targets=source.has_targets, num_labelled=source.num_labelled, combine=source.combine, stored_temperature=source.temperature,
         target_kind=source.provenance.target_kind if source.codec else None, kind_losses=source.codec.losses if source.codec else (),
+        temperature_exact=source.codec.temperature_exact(source.provenance) if source.codec else True,
     )
     eval_sources = {path: open_eval_data(path, source.input_spec, cfg.eval_label_column, source.num_classes) for path in cfg.eval}
     steps_per_epoch = source.num_batches(cfg.batch_size, world)

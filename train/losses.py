@@ -54,6 +54,41 @@ def soft_kl_loss(student_logits: torch.Tensor, target_logits: torch.Tensor, temp
     return temperature**2 * kl_per_row.mean()
 
 
+def sparse_kl_loss(student_logits: torch.Tensor, targets: dict[str, torch.Tensor], temperature: float) -> torch.Tensor:
+    """T^2 * mean_rows of KL against a support (top-k or sampled targets); a scalar.
+
+    Per row, with S the stored ids, w their weights, lp the teacher's log p(id) at T,
+    log q the student's full log-softmax at T (never renormalised on S):
+
+        sum_S w (lp - log q)  +  p_tail (log p_tail - log q_tail)
+
+    top-k: w = p(id), and the tail bucket holds every other id for both sides
+    (q_tail = 1 - q(S), as a log-sum-exp over the ids outside S): the exact KL
+    between the two distributions coarsened to S + one bucket.
+    sampled: w = count / N, no tail (log p_tail = -inf): E[w] = p, so both the value
+    and the gradient are unbiased estimates of the full KL's.
+    Slots of weight 0 (unused sample slots) contribute nothing.
+    """
+    s = _at_least_f32(student_logits) / temperature  # [B, V]
+    ids = targets["support_ids"].long()  # [B, S]
+    weights, lp = targets["support_weights"].to(s.dtype), targets["support_logprobs"].to(s.dtype)
+    log_z = torch.logsumexp(s, dim=-1, keepdim=True)  # [B, 1]
+    log_q = torch.gather(s, -1, ids) - log_z  # [B, S]
+    support = torch.where(weights > 0, weights * (lp - log_q), torch.zeros_like(log_q)).sum(dim=-1)
+    tail = targets["tail_logmass"].to(s.dtype)  # [B], -inf: no tail bucket
+    log_q_tail = torch.logsumexp(s.scatter(-1, ids, float("-inf")), dim=-1) - log_z.squeeze(-1)
+    has_tail = torch.isfinite(tail)
+    tail_term = torch.where(has_tail, tail.exp() * (tail - log_q_tail), torch.zeros_like(tail))
+    return temperature**2 * (support + tail_term).mean()
+
+
+def kd_loss(student_logits: torch.Tensor, targets: dict[str, torch.Tensor], temperature: float) -> torch.Tensor:
+    """The KL at T against whatever form the targets' codec decoded: dense logits or a support."""
+    if "target_logits" in targets:
+        return soft_kl_loss(student_logits, targets["target_logits"], temperature)
+    return sparse_kl_loss(student_logits, targets, temperature)
+
+
 def hard_ce_loss(student_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Cross-entropy at T = 1, mean over rows with label >= 0; a scalar (0 when none)."""
     labelled = labels >= 0  # [B]
@@ -86,7 +121,7 @@ def logit_mse_loss(student_logits: torch.Tensor, target_logits: torch.Tensor) ->
 # (codec.losses); `register_loss` adds one (docs/architecture.md, "a new loss").
 SoftLoss = Callable[[torch.Tensor, dict, float], torch.Tensor]
 SOFT_LOSSES: dict[str, SoftLoss] = {
-    "kd": lambda s, targets, temperature: soft_kl_loss(s, targets["target_logits"], temperature),
+    "kd": kd_loss,
     "mse": lambda s, targets, temperature: logit_mse_loss(s, targets["target_logits"]),
 }
 

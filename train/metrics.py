@@ -50,13 +50,14 @@ class EvalAccumulator:
         self.target_rows = 0
         self.edges = torch.linspace(0.0, 1.0, ECE_BINS + 1, device=device)[1:-1]  # inner edges
 
-    def update(self, logits: torch.Tensor, labels: torch.Tensor, target_logits: torch.Tensor | None = None) -> None:
-        """logits [B, C] (biased already), labels int64 [B] (-1 = none), target_logits [B, C] or None."""
+    def update(self, logits: torch.Tensor, labels: torch.Tensor, teacher_top1: torch.Tensor | None = None) -> None:
+        """logits [B, C] (biased already), labels int64 [B] (-1 = none), teacher_top1 int64 [B] (the
+        teachers' most probable class) or None."""
         logits = logits.float()
         self.rows += logits.shape[0]
         predicted = logits.argmax(dim=-1)  # [B]
-        if target_logits is not None:
-            self.agree += (predicted == target_logits.argmax(dim=-1)).sum()
+        if teacher_top1 is not None:
+            self.agree += (predicted == teacher_top1).sum()
             self.target_rows += logits.shape[0]
         mask = labels >= 0
         if not bool(mask.any()):
@@ -131,7 +132,7 @@ def evaluate(
             logits = model(batch.inputs).float()  # [B, C]
             if bias is not None:
                 logits = logits + bias
-            acc.update(logits, batch.labels, batch.target_logits)
+            acc.update(logits, batch.labels, batch.teacher_top1)
     finally:
         model.train(was_training)
     return acc.result()

@@ -30,7 +30,7 @@ from train.labelled import scan_labelled
 from train.window import RowGroup, Rows, WindowData, extra_value, open_parquet, read_window
 from train.world import SINGLE_PROCESS, World
 from transferset.errors import UserError
-from transferset.format.codecs import TargetCodec, get_codec
+from transferset.format.codecs import TargetCodec, get_codec, refuse_per_token
 from transferset.format.manifest import read_manifest
 from transferset.format.provenance import Provenance
 from transferset.format.schema import LABEL
@@ -61,6 +61,17 @@ class Batch:
     def target_logits(self) -> torch.Tensor | None:
         """float32 [B, C] with softmax(t / T) the teachers' distribution (dense targets), else None."""
         return None if self.targets is None else self.targets.get("target_logits")
+
+    @property
+    def teacher_top1(self) -> torch.Tensor | None:
+        """int64 [B]: the teachers' most probable class (dense: the argmax; sparse kinds
+        store their support most probable, or most drawn, first), else None."""
+        if self.targets is None:
+            return None
+        if "target_logits" in self.targets:
+            return self.targets["target_logits"].argmax(dim=-1)
+        ids = self.targets.get("support_ids")
+        return None if ids is None else ids[:, 0].long()
 
     def to(self, device, non_blocking: bool = False) -> "Batch":
         move = lambda t: t.to(device, non_blocking=non_blocking) if isinstance(t, torch.Tensor) else t  # noqa: E731
@@ -134,6 +145,9 @@ class StreamSource:
         provenance = manifest.provenance
         spec = InputSpec.from_dict(provenance.input)
         codec = get_codec(provenance.target_kind, str(directory))
+        refuse_per_token(provenance, f"transfer set {str(directory)!r}",
+                         "students for per-token sets (causal language models) are not in this version yet; "
+                         "read its columns with any Parquet reader (docs/format.md)")
         num_classes = manifest.num_classes
         row_groups, columns = [], None
         for record, path in zip(manifest.shards, manifest.shard_paths()):

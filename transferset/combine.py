@@ -17,13 +17,21 @@ softmax, and keeps float16 storage away from its overflow at 65504).
 * geometric: p ~ prod_k softmax(z_k / T) ** w_k, renormalised
       = softmax(sum_k w_k z_k / T)   (the per-member normalisers cancel)
   so s = sum_k w_k z_k, valid at every temperature.
+* specialists: generalists plus specialists over subsets of the classes (Hinton et
+  al. 2015, section 5), s = T * log q with q the minimiser of a sum of KLs, solved
+  per row in specialists.py. T is baked in, as for arithmetic.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from transferset.errors import UserError
+
+if TYPE_CHECKING:
+    from transferset.specialists import Specialists
 
 
 def normalised_weights(weights: list[float] | None, num_teachers: int) -> torch.Tensor:
@@ -36,17 +44,25 @@ def normalised_weights(weights: list[float] | None, num_teachers: int) -> torch.
     return (w / w.sum()).to(torch.float32)
 
 
-def combine(member_logits: torch.Tensor, method: str, temperature: float, weights: torch.Tensor) -> torch.Tensor:
+def combine(member_logits: torch.Tensor, method: str, temperature: float, weights: torch.Tensor,
+            specialists: "Specialists | None" = None) -> torch.Tensor:
     """Target logits [B, C] from member logits [K, B, C] (any float dtype).
 
-    `weights` is [K], float32, summing to 1. Returns float32.
+    `weights` is [K], float32, summing to 1. `specialists`: their outputs on the same
+    rows, for method "specialists" only. Returns float32.
     """
+    if method == "specialists":
+        from transferset.specialists import combine_specialists
+
+        if specialists is None:
+            raise UserError("--combine specialists needs at least one --specialist FILE --classes LIST")
+        return combine_specialists(member_logits, weights, specialists, temperature)
     z = member_logits.to(torch.float32)
     # Shift each member's row to max 0 before anything else: softmax does not see the
     # shift, and differences of large logits (4467 vs 4466) stay exact in float32,
     # where dividing the raw values by T first would round them (found by Hypothesis).
     z = z - z.max(dim=-1, keepdim=True).values
-    w = weights.to(device=z.device, dtype=torch.float32).view(-1, 1, 1)  # (K, 1, 1)
+    w = weights.to(device=z.device, dtype=torch.float32).view(-1, *[1] * (z.ndim - 1))  # (K, 1, 1) or (K, 1, 1, 1) per token
     if method == "arithmetic":
         log_p_members = torch.log_softmax(z / temperature, dim=-1)  # (K, B, C)
         log_p = torch.logsumexp(torch.log(w) + log_p_members, dim=0)  # (B, C)
@@ -54,7 +70,7 @@ def combine(member_logits: torch.Tensor, method: str, temperature: float, weight
     elif method == "geometric":
         target = (w * z).sum(dim=0)  # (B, C)
     else:
-        raise UserError(f"unknown combine method {method!r}; use --combine arithmetic or --combine geometric")
+        raise UserError(f"unknown combine method {method!r}; use --combine arithmetic or --combine geometric (or specialists, with --specialist)")
     return target - target.max(dim=-1, keepdim=True).values
 
 

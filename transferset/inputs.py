@@ -4,12 +4,19 @@ One `InputSpec` describes it for both stages: the generator uses it to feed the
 teachers, records it in the transfer set's provenance, and the trainer rebuilds
 it from there to feed students exactly the same way.
 
-Two kinds of input:
+Three kinds of input:
 * a fixed-size numeric array column (`list` or `fixed_size_list`), reshaped to
   `shape`, then `x * scale`, then `(x - mean) / std` per channel (first axis);
+* tokens (`tokens=True`): the `input_ids`, `attention_mask` and `target_mask`
+  columns `convert --text` writes, each [B, L] integers; a language model sees
+  `input_ids` and `attention_mask` as int64, the per-token targets keep the
+  positions `target_mask` marks;
 * anything else through a user transform `package.module:function`, called with
   a `pyarrow.RecordBatch` of the input columns, returning a [B, ...] array or
   tensor. It is imported only because the user named it.
+
+`to_inputs` gives the named tensors of a batch for every kind; `to_tensor` the
+one float tensor of an array or transformed input.
 """
 
 from __future__ import annotations
@@ -26,6 +33,11 @@ import torch
 
 from transferset.errors import UserError, first_line
 
+# The columns of a token source (`convert --text`, transferset/text/convert.py) and the
+# one of them that is not a model input: the positions that get targets.
+TOKEN_COLUMNS = ("input_ids", "attention_mask", "target_mask")
+TARGET_MASK = "target_mask"
+
 
 @dataclass(frozen=True)
 class InputSpec:
@@ -35,12 +47,21 @@ class InputSpec:
     mean: tuple[float, ...] | None = None  # one value, or one per channel (shape[0])
     std: tuple[float, ...] | None = None
     transform: str | None = None  # "package.module:function"
+    tokens: bool = False  # token ids + masks (convert --text), shape (L,)
     _fn: Callable | None = field(default=None, compare=False, repr=False)
+
+    @classmethod
+    def for_tokens(cls, length: int) -> "InputSpec":
+        return cls(columns=TOKEN_COLUMNS, shape=(length,), tokens=True)
 
     def __post_init__(self) -> None:
         if not self.columns:
             raise UserError("no input column given; pass --input-column NAME")
-        if self.transform is None:
+        if self.tokens:
+            if self.columns != TOKEN_COLUMNS or self.transform or self.scale != 1.0 or self.mean or self.std or not self.shape:
+                raise UserError(f"token inputs are the columns {', '.join(TOKEN_COLUMNS)} of a `convert --text` source, "
+                                f"with no --input-* flags or --transform")
+        elif self.transform is None:
             if len(self.columns) != 1:
                 raise UserError("several --input-column need a --transform that combines them")
             if not self.shape:
@@ -63,6 +84,8 @@ class InputSpec:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("_fn")
+        if not self.tokens:  # absent, not false: every earlier set's recorded input (and resume key) stays as it was
+            d.pop("tokens")
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
     @classmethod
@@ -77,6 +100,7 @@ class InputSpec:
             mean=tup(d.get("mean")),
             std=tup(d.get("std")),
             transform=d.get("transform"),
+            tokens=bool(d.get("tokens", False)),
         )
 
     # -- column checks ------------------------------------------------------
@@ -88,6 +112,8 @@ class InputSpec:
                 raise UserError(f"{where} has no input column {name!r} (columns: {', '.join(schema.names)}); fix --input-column")
         if self.transform is not None:
             return
+        if self.tokens:
+            return self._check_token_fields(schema, where)
         ftype = schema.field(self.columns[0]).type
         if not (pa.types.is_list(ftype) or pa.types.is_large_list(ftype) or pa.types.is_fixed_size_list(ftype)):
             raise UserError(f"{where}: input column {self.columns[0]!r} is {ftype}, not a numeric array; use a list column or --transform")
@@ -98,6 +124,13 @@ class InputSpec:
                 f"{where}: input column {self.columns[0]!r} has {ftype.list_size} values per row but "
                 f"--input-shape {','.join(map(str, self.shape))} needs {self.size}; fix --input-shape, or use data shaped like the model's inputs"
             )
+
+    def _check_token_fields(self, schema: pa.Schema, where: str) -> None:
+        for name in self.columns:
+            ftype = schema.field(name).type
+            if not (pa.types.is_fixed_size_list(ftype) and pa.types.is_integer(ftype.value_type) and ftype.list_size == self.size):
+                raise UserError(f"{where}: token column {name!r} is {ftype}, not {self.size} integers per row; "
+                                f"make the source with `transferset convert --text ... --max-length {self.size}`")
 
     def stored_fields(self, schema: pa.Schema) -> list[pa.Field]:
         """The input columns as the transfer set stores them (fixed-size lists).
@@ -142,6 +175,18 @@ class InputSpec:
         return pa.FixedSizeListArray.from_arrays(column.flatten(), self.size)
 
     # -- the tensor ---------------------------------------------------------
+
+    def to_inputs(self, batch: pa.RecordBatch | pa.Table, where: str = "input", first_row: int = 0) -> dict[str, torch.Tensor]:
+        """The named tensors of a batch: {column or "inputs": float32 [B, *shape]}, or for
+        tokens {"input_ids": int64, "attention_mask": int64, "target_mask": bool}, each [B, L]."""
+        if not self.tokens:
+            return {self.columns[0] if self.transform is None else "inputs": self.to_tensor(batch, where, first_row)}
+        named = {}
+        for name in self.columns:
+            values = self.fixed_column(batch.column(name), where, first_row).flatten().to_numpy(zero_copy_only=False)
+            named[name] = torch.from_numpy(values.astype(np.int64).reshape(batch.num_rows, self.size))
+        named[TARGET_MASK] = named[TARGET_MASK] != 0
+        return named
 
     def to_tensor(self, batch: pa.RecordBatch | pa.Table, where: str = "input", first_row: int = 0) -> torch.Tensor:
         """float32 [B, *shape] (or whatever the transform returns, as float32)."""

@@ -3,7 +3,9 @@
 Everything here is a streaming polars query over the Parquet files (no Python
 objects per row): sizes, label coverage per source, ensemble and per-member
 accuracy against the labels, the soft targets' mean entropy, and how often
-the members agree.
+the members agree. The per-row statistics of the targets (the ensemble's top
+class, the entropy, a kind's own extras such as top-k's tail mass) come from
+the set's codec (`codec.statistics`), so every kind is summarised.
 
 polars is imported only inside the functions (the trainer imports nothing here).
 """
@@ -14,26 +16,13 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from transferset.errors import UserError, first_line
-from transferset.format.codecs import get_codec
+from transferset.format.codecs import get_codec, refuse_per_token
 from transferset.format.manifest import Manifest, read_manifest
-from transferset.format.schema import LABEL, LOGITS, SOURCE, TEACHER_LOGITS
+from transferset.format.schema import LABEL, SOURCE, TEACHER_LOGITS
 from transferset.format.shards import check_shard, check_shards_match
 
 if TYPE_CHECKING:
     import polars as pl
-
-def entropy_expr(temperature: float) -> pl.Expr:
-    """Entropy (nats) of softmax(logits / T) per row, in float32 log space.
-
-    H = lse(z) - sum(softmax(z) * z) with z = logits / T; rows are stored
-    shifted to max 0, so exp(z) <= 1 and the sums cannot overflow.
-    """
-    import polars as pl
-
-    z = pl.col(LOGITS).cast(pl.List(pl.Float32)).list.eval(pl.element() / temperature)
-    sum_exp = z.list.eval(pl.element().exp()).list.sum()
-    return sum_exp.log() - z.list.eval(pl.element().exp() * pl.element()).list.sum() / sum_exp
-
 
 def check_shards_intact(manifest: Manifest) -> None:
     """polars does not check Parquet page CRCs (2.1, measured: a flipped bit in a
@@ -53,6 +42,9 @@ def summarize(directory: str) -> dict[str, Any]:
     import polars as pl
 
     manifest = read_manifest(directory)
+    refuse_per_token(manifest.provenance, f"transfer set {str(directory)!r}",
+                     "inspect's per-token statistics are not in this version yet: `transferset verify` checks it, "
+                     "`transferset ls` describes it")
     check_shards_match(manifest)
     check_shards_intact(manifest)
     prov = manifest.provenance
@@ -63,17 +55,20 @@ def summarize(directory: str) -> dict[str, Any]:
     k = len(prov.teachers)
     labelled = pl.col(LABEL).is_not_null()
 
+    stats = get_codec(prov.target_kind).statistics(prov)  # per-row polars expressions of the set's kind
+    top1 = stats["top1"]
     exprs = [
         pl.len().alias("rows"),
         labelled.sum().alias("labelled"),
-        entropy_expr(manifest.temperature).mean().alias("entropy"),
-        (pl.col(LOGITS).arr.arg_max() == pl.col(LABEL)).filter(labelled).mean().alias("ensemble_accuracy"),
+        stats["entropy"].mean().alias("entropy"),
+        (top1 == pl.col(LABEL)).filter(labelled).mean().alias("ensemble_accuracy"),
+        *[expr.mean().alias(name) for name, expr in stats.items() if name not in ("top1", "entropy")],
     ]
     if kept:
         member_argmax = [pl.col(TEACHER_LOGITS).arr.get(i).arr.arg_max() for i in range(k)]
         for i, am in enumerate(member_argmax):
             exprs.append((am == pl.col(LABEL)).filter(labelled).mean().alias(f"teacher_{i}_accuracy"))
-            exprs.append((am == pl.col(LOGITS).arr.arg_max()).mean().alias(f"teacher_{i}_agrees_with_ensemble"))
+            exprs.append((am == top1).mean().alias(f"teacher_{i}_agrees_with_ensemble"))
         all_agree = pl.all_horizontal([am == member_argmax[0] for am in member_argmax[1:]]) if k > 1 else pl.lit(True)
         exprs.append(all_agree.mean().alias("members_agree"))
     try:
@@ -113,11 +108,13 @@ def summarize(directory: str) -> dict[str, Any]:
         "combine": manifest.combine,
         "storage_dtype": prov.storage_dtype,
         "target_kind": prov.target_kind,
+        "target_options": prov.target_options,
         "target_bytes_per_row": get_codec(prov.target_kind).bytes_per_row(prov),
         "teachers": teachers,
         "teacher_logits_kept": kept,
         "ensemble_accuracy": totals["ensemble_accuracy"],
         "mean_entropy_nats": totals["entropy"],
+        "mean_tail_mass": totals.get("tail_mass"),  # top-k sets: the stored tail bucket's mean probability
         "max_entropy_nats": math.log(manifest.num_classes),
         "members_agree": totals.get("members_agree"),
         "sources": per_source,

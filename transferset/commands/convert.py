@@ -1,17 +1,18 @@
-"""`transferset convert`: .npy / .npz / IDX arrays -> a Parquet source.
+"""`transferset convert`: .npy / .npz / IDX arrays, or a text corpus -> a Parquet source.
 
     transferset convert --images train-images-idx3-ubyte.gz --labels train-labels-idx1-ubyte.gz --out mnist.parquet
     transferset convert --images x.npy [--labels y.npy] --out src.parquet
     transferset convert --npz data.npz --images-key x [--labels-key y] --out src.parquet
+    transferset convert --text corpus.jsonl --text-field text --tokenizer models/teacher --max-length 512 --out corpus.parquet
 
-Never imports torch: converting arrays needs only numpy and pyarrow.
+Never imports torch: converting needs only numpy, pyarrow (and tokenizers for text).
 """
 
 from __future__ import annotations
 
 import argparse
 
-HELP = "convert .npy/.npz/IDX arrays (e.g. MNIST) into a Parquet source for generate and train"
+HELP = "convert .npy/.npz/IDX arrays (e.g. MNIST) or a text corpus (tokenised) into a Parquet source for generate and train"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,12 +23,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     files.add_argument("--images-key", metavar="KEY", help="array name of the images inside an .npz")
     files.add_argument("--labels-key", metavar="KEY", help="array name of the labels inside an .npz")
 
+    text = parser.add_argument_group("text corpus (instead of arrays)")
+    text.add_argument("--text", metavar="PATH", help="a corpus: .parquet, .jsonl, .tsv or .csv with a text field")
+    text.add_argument("--text-field", default="text", metavar="NAME", help="the field holding each document (default: text)")
+    text.add_argument("--prompt-field", metavar="NAME", help="a prompt field: prompt + text is the document, and only "
+                      "positions that predict a text (response) token get targets")
+    text.add_argument("--label-field", metavar="NAME", help="an integer class field (e.g. SST-2's label): a labelled source")
+    text.add_argument("--tokenizer", metavar="DIR", help="local directory with the teacher's tokenizer.json (never downloaded)")
+    text.add_argument("--max-length", type=int, metavar="N", help="tokens per row; a longer document is refused unless --truncate or --pack")
+    fit = text.add_mutually_exclusive_group()
+    fit.add_argument("--truncate", action="store_true", help="cut documents longer than --max-length")
+    fit.add_argument("--pack", action="store_true", help="join documents (eos between them) into full rows of --max-length tokens")
+
     output = parser.add_argument_group("output")
     output.add_argument("--out", required=True, metavar="PATH", help="the Parquet file to write")
     output.add_argument("--input-column", default="pixels", metavar="NAME", help="name of the input column (default: pixels)")
     output.add_argument("--label-column", default="label", metavar="NAME", help="name of the int32 label column (default: label)")
     output.add_argument("--dtype", choices=("float16", "float32", "float64"), help="store inputs as this float type (default: keep the array's dtype, e.g. uint8)")
-    output.add_argument("--row-group-rows", type=int, default=32768, metavar="N", help="rows per Parquet row group (default: 32768)")
+    output.add_argument("--row-group-rows", type=int, metavar="N", help="rows per Parquet row group (default: 32768; text: about 4M tokens)")
     output.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
     select = parser.add_argument_group("row selection")
@@ -40,6 +53,15 @@ def run(args: argparse.Namespace) -> int:
     from transferset.convert import ConvertOptions, convert_files, parse_rows
     from transferset.errors import UserError
 
+    if args.row_group_rows is not None and args.row_group_rows <= 0:
+        raise UserError(f"--row-group-rows {args.row_group_rows} must be at least 1")
+    if args.text:
+        return _run_text(args)
+    text_only = [flag for flag, value in (("--tokenizer", args.tokenizer), ("--max-length", args.max_length),
+                 ("--prompt-field", args.prompt_field), ("--label-field", args.label_field),
+                 ("--truncate", args.truncate), ("--pack", args.pack)) if value]
+    if text_only:
+        raise UserError(f"{text_only[0]} is for a text corpus; pass --text PATH")
     if args.npz and args.images:
         raise UserError("give --images or --npz, not both (--npz FILE --images-key KEY reads the images from the archive)")
     if not args.npz and not args.images:
@@ -57,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         rows=parse_rows(args.rows),
         exclude_classes=tuple(args.exclude_class),
         drop_labels=args.drop_labels,
-        row_group_rows=args.row_group_rows,
+        row_group_rows=args.row_group_rows or 32768,
         dtype=args.dtype,
         overwrite=args.overwrite,
     )
@@ -72,4 +94,31 @@ def run(args: argparse.Namespace) -> int:
     print("the row column holds each row's index in the input files (--id-column row, when this is the only source)")
     if result.hint_note:
         print(f"note: {result.hint_note}")
+    return 0
+
+
+def _run_text(args: argparse.Namespace) -> int:
+    from transferset.errors import UserError
+    from transferset.text.convert import TextOptions, convert_text, summary
+    from transferset.text.records import TextFields
+
+    array_flags = [flag for flag, value in (("--images", args.images), ("--npz", args.npz), ("--labels", args.labels),
+                   ("--rows", args.rows), ("--exclude-class", args.exclude_class), ("--dtype", args.dtype)) if value]
+    if array_flags:
+        raise UserError(f"{array_flags[0]} is for arrays, --text for a corpus: convert one of them per command")
+    if not args.tokenizer or not args.max_length:
+        raise UserError("--text needs --tokenizer DIR (the teacher's tokenizer) and --max-length N (tokens per row)")
+    options = TextOptions(
+        fields=TextFields(args.text_field, args.prompt_field, args.label_field),
+        tokenizer=args.tokenizer,
+        max_length=args.max_length,
+        mode="pack" if args.pack else "truncate" if args.truncate else "rows",
+        label_column=args.label_column,
+        row_group_rows=args.row_group_rows,
+        overwrite=args.overwrite,
+    )
+    result = convert_text(args.text, args.out, options, quiet=args.quiet)
+    print(summary(result))
+    label = f", {args.label_column} int32" if result.labelled else ""
+    print(f"columns: input_ids int32[{args.max_length}], attention_mask and target_mask int8[{args.max_length}]{label}, row int64")
     return 0

@@ -55,3 +55,16 @@ def apply_threads(threads: int | None) -> None:
     import torch
 
     torch.set_num_threads(threads)
+
+
+def warn_license(license: str | None, command: str) -> None:
+    """An unknown license identifier is kept (a hub may know it), with one warning line."""
+    if license is None:
+        return
+    import sys
+
+    from transferset.format.card import license_warning
+
+    warning = license_warning(license)
+    if warning:
+        print(f"transferset {command}: warning: {warning}", file=sys.stderr)

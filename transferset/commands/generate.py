@@ -4,18 +4,28 @@ from __future__ import annotations
 
 import argparse
 
-from transferset.commands.flags import add_input_flags, add_threads_flag, apply_threads
+from transferset.commands.flags import add_input_flags, add_threads_flag, apply_threads, warn_license
 
 HELP = "run a teacher ensemble over Parquet sources and write a transfer set"
 
 
 class _TeacherAction(argparse.Action):
-    """--teacher starts a member; --weights / --teacher-weight / --teacher-output attach to the one before."""
+    """--teacher (a generalist) and --specialist start a member; --weights / --teacher-weight /
+    --teacher-output attach to the one before, and --classes to the --specialist before."""
 
     def __call__(self, parser, namespace, value, option_string=None):
         members = getattr(namespace, "teachers", None) or []
-        if option_string == "--teacher":
-            members.append({"spec": value})
+        if option_string in ("--teacher", "--specialist"):
+            members.append({"spec": value, "specialist": option_string == "--specialist"})
+        elif option_string == "--classes":
+            if not members or not members[-1]["specialist"]:
+                parser.error("--classes must follow the --specialist it belongs to")
+            if "classes" in members[-1]:
+                parser.error(f"--classes given twice for --specialist {members[-1]['spec']}")
+            try:
+                members[-1]["classes"] = tuple(int(c) for c in value.split(","))
+            except ValueError:
+                parser.error(f"--classes {value!r} must be class indices separated by commas, like 3,5,8")
         else:
             if not members:
                 parser.error(f"{option_string} must follow the --teacher it belongs to")
@@ -43,6 +53,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="which element of a tuple/list/dict output of the --teacher just before it holds the logits "
                         "(default: the output itself, its .logits, or its 'logits' key)")
 
+    g.add_argument("--specialist", action=_TeacherAction, dest="teachers", metavar="SPEC",
+                   help="a specialist for --combine specialists: a teacher (any form) over the --classes after it, "
+                        "returning len(classes) + 1 logits (its classes, then a dustbin for every other class)")
+    g.add_argument("--classes", action=_TeacherAction, dest="teachers", metavar="C,C,...",
+                   help="the classes of the --specialist just before it, in the order of its outputs")
+    g.add_argument("--specialist-top", type=int, default=1, metavar="N",
+                   help="a specialist votes on a row when the generalists' N most probable classes include one of its "
+                        "classes (default: 1, the paper's choice)")
+
     g.add_argument("--trust-checkpoint", action="store_true",
                    help="allow teacher files and --weights that need full unpickling or other code from the file to load (only for files you trust)")
 
@@ -54,7 +73,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--id-column", help="stable row id column (default: derived from the source's content hash and row)")
 
     g = p.add_argument_group("targets")
-    g.add_argument("--combine", default="geometric", help="arithmetic or geometric mean of the members (default: geometric)")
+    g.add_argument("--targets", default="dense", metavar="KIND[:N]",
+                   help="what to store of the combined distribution: dense (every class; default), topk:K (the K most "
+                        "probable with the exact tail mass) or sampled:N (N draws, unbiased); see docs/format.md")
+    g.add_argument("--combine", default="geometric",
+                   help="arithmetic or geometric mean of the members, or specialists (with --specialist; docs/specialists.md) "
+                        "(default: geometric)")
     g.add_argument("--temperature", "-T", type=float, default=1.0, help="softmax temperature T (default: 1)")
     g.add_argument("--storage-dtype", default="float16", help="float16 (default, see docs/format.md) or float32")
     g.add_argument("--keep-teacher-logits", action="store_true", help="also store every member's raw logits")
@@ -70,8 +94,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--shard-rows", type=int, default=131072, help="rows per Parquet shard (default: 131072)")
     g.add_argument("--row-group-rows", type=int, default=32768, help="rows per Parquet row group (default: 32768)")
     g.add_argument("--engine", default="local", help="who runs the shard jobs: local (this process; default)")
+    g = p.add_argument_group("dataset card (README.md in the set; never part of its checksums)")
+    g.add_argument("--card-license", metavar="ID", help="license identifier, e.g. cc-by-4.0 (default: unknown)")
+    g.add_argument("--card-description", metavar="TEXT", help="what the set is, for people who find it")
+    g.add_argument("--card-task", metavar="CATEGORY", help="dataset-hub task category (default: from the input shape)")
+    g = p.add_argument_group("writers")
     g.add_argument("--writer-index", type=int, default=0, help="this writer's index, for several independent writers (default: 0)")
     g.add_argument("--num-writers", type=int, default=1, help="how many independent writers share the shards (default: 1)")
+
+
+def _token_inputs(args: argparse.Namespace):
+    """Token inputs for a `convert --text` source named without any input flag."""
+    if args.input_column or args.input_shape or args.input_scale or args.input_mean or args.input_std or args.transform:
+        return None
+    from transferset.io import expand_parquet_paths
+    from transferset.text import token_spec
+
+    return token_spec(expand_parquet_paths(args.source, "source"))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -82,10 +121,16 @@ def run(args: argparse.Namespace) -> int:
     from transferset.teachers import TeacherSpec
     from transferset.teachers.declared import input_spec_for
 
+    from transferset.format.codecs import parse_targets
+
     apply_threads(args.threads)
-    teachers = [TeacherSpec(t["spec"], t.get("weights"), t.get("ensemble_weight"), t.get("output")) for t in args.teachers]
+    target_kind, target_options = parse_targets(args.targets)
+    warn_license(args.card_license, "generate")
+    members = [(TeacherSpec(t["spec"], t.get("weights"), t.get("ensemble_weight"), t.get("output")), t) for t in args.teachers]
+    teachers = [spec for spec, t in members if not t["specialist"]]
+    specialists = [_specialist(spec, t) for spec, t in members if t["specialist"]]
     # A student.pt2 declares the preprocessing it was trained on: flags complete it or must agree with it.
-    spec = input_spec_for(args, teachers, lambda line: say(line, args.quiet))
+    spec = _token_inputs(args) or input_spec_for(args, [spec for spec, _ in members], lambda line: say(line, args.quiet))
     cfg = GenerateConfig(
         teachers=teachers,
         sources=args.source,
@@ -95,6 +140,8 @@ def run(args: argparse.Namespace) -> int:
         id_column=args.id_column,
         combine=args.combine,
         temperature=args.temperature,
+        target_kind=target_kind,
+        target_options=target_options,
         storage_dtype=args.storage_dtype,
         keep_teacher_logits=args.keep_teacher_logits,
         class_names=args.class_names.split(",") if args.class_names else None,
@@ -109,6 +156,20 @@ def run(args: argparse.Namespace) -> int:
         trust_checkpoint=args.trust_checkpoint,
         engine=args.engine,
         quiet=args.quiet,
+        card_license=args.card_license,
+        card_description=args.card_description,
+        card_task=args.card_task,
+        specialists=specialists,
+        specialist_top=args.specialist_top,
     )
     run_generate(cfg)
     return 0
+
+
+def _specialist(spec, given: dict):
+    from transferset.errors import UserError
+    from transferset.generate.config import SpecialistSpec
+
+    if "classes" not in given:
+        raise UserError(f"--specialist {given['spec']} needs --classes C,C,... after it (its classes, in the order of its outputs)")
+    return SpecialistSpec(spec, given["classes"])

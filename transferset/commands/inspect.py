@@ -17,41 +17,55 @@ def _pct(x) -> str:
     return "-" if x is None else f"{100 * x:.2f}%"
 
 
+def _kind(s: dict) -> str:
+    options = s.get("target_options") or {}
+    width = options.get("k", options.get("n"))
+    return s["target_kind"] + (f":{width}" if width is not None else "")
+
+
+def tables(s: dict) -> list[tuple[str, list[str] | None, list[list[str]]]]:
+    """The summary as (title, column names or None for a key/value table, rows of text):
+    printed by this command, and shown as HTML by `transferset report`."""
+    from transferset.progress import counted
+
+    head = [
+        ["rows", f"{s['rows']:,} ({s['labelled_rows']:,} labelled, {s['unlabelled_rows']:,} unlabelled)"],
+        ["classes", f"{s['num_classes']}" + (f": {', '.join(s['class_names'])}" if s["class_names"] else "")],
+        ["targets", f"{_kind(s)}: {s['combine']} mean at T = {s['temperature']:g}, stored as {s['storage_dtype']}"],
+        ["on disk", f"{s['bytes'] / 1e6:.2f} MB in {counted(s['shards'], 'shard')}, {s['bytes_per_row']:.1f} B/row"],
+        ["ensemble accuracy", f"{_pct(s['ensemble_accuracy'])} on labelled rows"],
+        ["mean entropy", f"{s['mean_entropy_nats']:.4f} nats (max {s['max_entropy_nats']:.4f}) at T = {s['temperature']:g}"],
+        *([["mean tail mass", f"{s['mean_tail_mass']:.3g} (the probability outside the stored top k)"]]
+          if s.get("mean_tail_mass") is not None else []),
+        ["members agree", _pct(s["members_agree"]) if s["teacher_logits_kept"] else "- (generate with --keep-teacher-logits)"],
+        ["created", f"{s['created']} on {s['device']}"],
+    ]
+    teachers = [[t["name"], t["format"], f"{t['weight']:.3f}", _pct(t["accuracy"]), _pct(t["agrees_with_ensemble"]), t["sha256"][:16]]
+                for t in s["teachers"]]
+    sources = [[row["source"], f"{row['rows']:,}", f"{row['labelled']:,}", f"{row['rows'] - row['labelled']:,}"] for row in s["sources"]]
+    return [
+        (f"transfer set {s['directory']}", None, head),
+        ("teachers", ["name", "format", "weight", "accuracy", "agrees with ensemble", "sha256"], teachers),
+        ("sources", ["source", "rows", "labelled", "unlabelled"], sources),
+    ]
+
+
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
     from transferset.inspect import summarize
-    from transferset.progress import counted
 
     s = summarize(args.directory)
     if args.json:
         print(json.dumps(s, indent=1))
         return 0
     console = Console()
-    head = Table(title=f"transfer set {s['directory']}", show_header=False)
-    for key, value in [
-        ("rows", f"{s['rows']:,} ({s['labelled_rows']:,} labelled, {s['unlabelled_rows']:,} unlabelled)"),
-        ("classes", f"{s['num_classes']}" + (f": {', '.join(s['class_names'])}" if s["class_names"] else "")),
-        ("targets", f"{s['combine']} mean at T = {s['temperature']:g}, stored as {s['storage_dtype']}"),
-        ("on disk", f"{s['bytes'] / 1e6:.2f} MB in {counted(s['shards'], 'shard')}, {s['bytes_per_row']:.1f} B/row"),
-        ("ensemble accuracy", f"{_pct(s['ensemble_accuracy'])} on labelled rows"),
-        ("mean entropy", f"{s['mean_entropy_nats']:.4f} nats (max {s['max_entropy_nats']:.4f}) at T = {s['temperature']:g}"),
-        ("members agree", _pct(s["members_agree"]) if s["teacher_logits_kept"] else "- (generate with --keep-teacher-logits)"),
-        ("created", f"{s['created']} on {s['device']}"),
-    ]:
-        head.add_row(key, value)
-    console.print(head)
-    teachers = Table(title="teachers")
-    for col in ("name", "format", "weight", "accuracy", "agrees with ensemble", "sha256"):
-        teachers.add_column(col)
-    for t in s["teachers"]:
-        teachers.add_row(t["name"], t["format"], f"{t['weight']:.3f}", _pct(t["accuracy"]), _pct(t["agrees_with_ensemble"]), t["sha256"][:16])
-    console.print(teachers)
-    sources = Table(title="sources")
-    for col in ("source", "rows", "labelled", "unlabelled"):
-        sources.add_column(col)
-    for row in s["sources"]:
-        sources.add_row(row["source"], f"{row['rows']:,}", f"{row['labelled']:,}", f"{row['rows'] - row['labelled']:,}")
-    console.print(sources)
+    for title, columns, rows in tables(s):
+        table = Table(title=title, show_header=columns is not None)
+        for column in columns or []:
+            table.add_column(column)
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
     return 0

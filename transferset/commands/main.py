@@ -23,8 +23,12 @@ import warnings
 COMMANDS = {
     "convert": "transferset.commands.convert",
     "generate": "transferset.commands.generate",
+    "recombine": "transferset.commands.recombine",
     "inspect": "transferset.commands.inspect",
     "verify": "transferset.commands.verify",
+    "report": "transferset.commands.report",
+    "ls": "transferset.commands.ls",
+    "card": "transferset.commands.card",
     "train": "train.commands.train",
     "eval": "train.commands.eval",
     "demo": "transferset.commands.demo",

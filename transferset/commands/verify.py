@@ -36,6 +36,7 @@ def _run(args: argparse.Namespace) -> int:
     if not problems:
         _refuse_duplicate_ids(manifest, args.directory)
         print(f"{args.directory}: OK, {counted(len(manifest.shards), 'shard')}, {counted(manifest.rows, 'row')}, checksums match, ids unique")
+        _note_card(manifest, args.directory)
         return 0
     listing = "; ".join(f"{p.shard}: {p.problem}" for p in problems)
     if args.drop_bad:
@@ -45,6 +46,15 @@ def _run(args: argparse.Namespace) -> int:
             f"that made the set, --out {args.directory}) to recompute just them" if args.drop_bad
             else f"run `transferset verify {args.directory} --drop-bad`, then rerun the same generate")
     raise UserError(f"{args.directory} failed verification: {len(problems)} of {counted(len(manifest.shards), 'shard')} bad ({listing}); {hint}")
+
+
+def _note_card(manifest, directory) -> None:
+    """The card is not part of the content: a changed or missing one is a note, never a failure."""
+    from transferset.format.card import card_problem
+
+    problem = card_problem(manifest)
+    if problem:
+        print(f"{directory}: note: the dataset card {problem}")
 
 
 def _refuse_duplicate_ids(manifest, directory) -> None:

@@ -6,6 +6,7 @@
       part-00001.parquet
       _shards/part-00000.json  one record per finished shard (rows, bytes, sha256)
       _job.json              the configuration fingerprint and shard plan (for resume)
+      README.md              the dataset card (format/card.py), written just before the manifest
 
 Any number of independent writers (processes, GPUs, machines sharing a file
 system) can each write a disjoint subset of the planned shards. A writer never
@@ -15,9 +16,10 @@ a set through its manifest, so a half-written set is never mistaken for one;
 `read_manifest` refuses a shard listed twice (by name, index or SHA-256) and rows
 that do not add up to the sources' (`check_shard_list`), reading no data.
 
-Names that start with `_` or `.` are skipped by pyarrow.dataset and pandas, so
-`pyarrow.dataset.dataset(OUT)` and `pandas.read_parquet(OUT)` read the shards
-directly; polars reads them with `polars.scan_parquet(f"{OUT}/*.parquet")`.
+Hugging Face `datasets.load_dataset(OUT)` finds the shards through the card's
+`configs`; DuckDB's `read_parquet(OUT)` reads `*.parquet` only; pyarrow and pandas
+skip names that start with `_` or `.` but need `exclude_invalid_files=True` (or a
+glob) to pass the card; polars needs `f"{OUT}/*.parquet"` (docs/format.md).
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ class Manifest:
     directory: Path
     provenance: Provenance
     shards: tuple[ShardRecord, ...]
+    card: dict | None = None  # the card record: path, sha256, license, description, task
 
     @property
     def rows(self) -> int:
@@ -133,8 +136,14 @@ def check_shard_list(shards: tuple[ShardRecord, ...], provenance: Provenance, pa
         )
 
 
-def write_manifest(directory: Path, provenance: Provenance, records: list[ShardRecord]) -> Manifest:
+def write_manifest(directory: Path, provenance: Provenance, records: list[ShardRecord], card=None) -> Manifest:
+    """Publish a set: its card (README.md, with `card`'s CardSettings), then the manifest,
+    each by atomic rename. The manifest's presence is what "complete" means, so a
+    complete set always has its card."""
+    from transferset.format.card import CardSettings, write_card
+
     records = sorted(records, key=lambda r: r.index)
+    card_record = write_card(directory, provenance, records, card or CardSettings())
     atomic_write_json(
         directory / MANIFEST,
         {
@@ -143,9 +152,10 @@ def write_manifest(directory: Path, provenance: Provenance, records: list[ShardR
             "rows": sum(r.rows for r in records),
             "provenance": provenance.encode(),
             "shards": [asdict(r) for r in records],
+            "card": card_record,  # not part of any checksum: editing the card leaves the set valid
         },
     )
-    return Manifest(directory, provenance, tuple(records))
+    return Manifest(directory, provenance, tuple(records), card_record)
 
 
 def read_manifest(directory: str | Path, require_shards: bool = True) -> Manifest:
@@ -197,4 +207,5 @@ def read_manifest(directory: str | Path, require_shards: bool = True) -> Manifes
                 f"transfer set {str(directory)!r} is missing shard {s.path}: restore the file, or run "
                 f"`transferset verify {directory} --drop-bad` and rerun the generate that made the set to recompute it"
             )
-    return Manifest(directory, provenance, shards)
+    card = raw.get("card") if isinstance(raw.get("card"), dict) else None  # absent in sets older than cards
+    return Manifest(directory, provenance, shards, card)

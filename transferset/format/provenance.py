@@ -24,10 +24,10 @@ from transferset.errors import UserError
 
 SCHEMA_VERSION = 1
 FORMAT_NAME = "transferset"
-COMBINE_METHODS = ("arithmetic", "geometric")
+COMBINE_METHODS = ("arithmetic", "geometric", "specialists")  # specialists: transferset/specialists.py
 STORAGE_DTYPES = ("float16", "float32")
 # Kinds a newer transferset may write: named so that the refusal can say so precisely.
-RESERVED_TARGET_KINDS = ("topk", "sampled", "views", "sequence")
+RESERVED_TARGET_KINDS = ("views", "sequence")
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,9 @@ class Provenance:
     num_writers: int = 1
     target_options: dict = field(default_factory=dict)  # the codec's own settings (e.g. k of top-k)
     extra: dict = field(default_factory=dict)  # settings a caller of the API adds
+    # `transferset recombine`: the source set (config_fingerprint, shards_sha256), the
+    # member indices taken from it and the settings that changed ({name: {from, to}})
+    recombined_from: dict | None = None
     # -- record only ---------------------------------------------------------------------
     rows: int | None = None
     versions: dict = field(default_factory=dict)
@@ -64,7 +67,11 @@ class Provenance:
     schema_version: int = SCHEMA_VERSION
 
     def encode(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        encoded = dataclasses.asdict(self)
+        for key in HASHED_WHEN_SET:  # absent rather than null: every earlier set's bytes stay as they were
+            if encoded.get(key) is None:
+                encoded.pop(key, None)
+        return encoded
 
     def encode_bytes(self) -> bytes:
         return json.dumps(self.encode(), sort_keys=True, separators=(",", ":")).encode()
@@ -93,15 +100,20 @@ class Provenance:
 FINGERPRINTED = (
     "target_kind", "temperature", "combine", "storage_dtype", "teachers", "sources", "input", "class_names",
     "label_column", "id_column", "teacher_logits_kept", "shard_rows", "row_group_rows", "batch_size", "precision",
-    "num_writers", "target_options", "extra",
+    "num_writers", "target_options", "extra", "recombined_from",
 )
+# Fingerprinted fields added after sets were published: hashed only when set (and
+# callers may leave them out), so the resume key of every earlier set stays the same.
+HASHED_WHEN_SET = ("recombined_from",)
 
 
 def fingerprint(values: dict[str, Any]) -> str:
     """sha256 of exactly the FINGERPRINTED values (teachers and sources by content)."""
-    if set(values) != set(FINGERPRINTED):
+    required = set(FINGERPRINTED) - set(HASHED_WHEN_SET)
+    if not required <= set(values) <= set(FINGERPRINTED):
         raise ValueError(f"fingerprint needs exactly {FINGERPRINTED}, got {sorted(values)}")
-    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()
+    hashed = {k: v for k, v in values.items() if not (k in HASHED_WHEN_SET and v is None)}
+    return hashlib.sha256(json.dumps(hashed, sort_keys=True).encode()).hexdigest()
 
 
 def validate(provenance: Any, where: str) -> None:
@@ -161,6 +173,7 @@ OPTIONAL_CHECKS = {
     "class_names": lambda v: v is None or (isinstance(v, list) and all(isinstance(n, str) for n in v)),
     "label_column": _text, "id_column": _text, "precision": _text, "device": _text, "created": _text,
     "config_fingerprint": _text, "logits": _text,
+    "recombined_from": lambda v: v is None or isinstance(v, dict),
     "teacher_logits_kept": lambda v: isinstance(v, bool),
     "shard_rows": _count(1), "row_group_rows": _count(1), "batch_size": _count(1), "rows": _count(0),
     "num_writers": lambda v: _count(1)(v) and v is not None,

@@ -20,11 +20,12 @@ import time
 from pathlib import Path
 
 from transferset.devices import resolve_device
+from transferset.format.card import CARD, CardSettings, rewrite_card
 from transferset.format.manifest import JOB, MANIFEST, RECORDS_DIR, Manifest, read_shard_records, shard_name, write_manifest
 from transferset.format.provenance import fingerprint
 from transferset.format.schema import target_schema
 from transferset import ownership
-from transferset.generate import setup
+from transferset.generate import setup, specialists
 from transferset.generate.config import GenerateConfig
 from transferset.generate.engines import get_engine
 from transferset.generate.setup import Context
@@ -49,6 +50,7 @@ def run_generate(cfg: GenerateConfig) -> Manifest | None:
 def _run(cfg: GenerateConfig, engine) -> Manifest | None:
     prepared = prepare(cfg)
     if isinstance(prepared, Manifest):
+        _update_card(cfg, prepared)
         return prepared
     context = prepared
     plans = plan_shards(context.sources, cfg.shard_rows)
@@ -83,12 +85,15 @@ def prepare(cfg: GenerateConfig) -> Context | Manifest:
         return done_already
     device = resolve_device(cfg.device)
     teachers, weights = setup.load_teachers(cfg, device)
-    num_classes = setup.probe_num_classes(cfg, teachers, sources[0], device)
+    setup.check_vocabulary(cfg, teachers, sources)
+    loaded_specialists = specialists.load(cfg, device)
+    num_classes = setup.probe_num_classes(cfg, teachers, sources[0], device, loaded_specialists)
+    codec.check_options(cfg.target_options, num_classes)  # e.g. top-k's K below the classes
     labelled = setup.labelled_rows(cfg, sources, num_classes)
-    fresh = setup.build_provenance(cfg, sources, teachers, weights, num_classes, labelled, device, config_key)
+    fresh = setup.build_provenance(cfg, sources, teachers, weights, num_classes, labelled, device, config_key, loaded_specialists)
     provenance = setup.recorded_provenance(cfg, fresh, values)
     schema = target_schema(provenance, input_fields)
-    return Context(cfg, sources, teachers, weights, device, provenance, schema, codec)
+    return Context(cfg, sources, teachers, weights, device, provenance, schema, codec, loaded_specialists)
 
 
 def _publish(cfg: GenerateConfig, context: Context, plans: list[ShardPlan], shards_done: int, rows_done: int,
@@ -98,9 +103,20 @@ def _publish(cfg: GenerateConfig, context: Context, plans: list[ShardPlan], shar
     if missing:
         say(f"wrote {counted(shards_done, 'shard')} ({counted(rows_done, 'row')}) in {elapsed:.1f} s; waiting for other writers: {counted(len(missing), 'shard')} missing", cfg.quiet)
         return None
-    manifest = write_manifest(cfg.out, context.provenance, [records[p.index] for p in plans])
+    card = CardSettings().merged(cfg.card_license, cfg.card_description, cfg.card_task)
+    manifest = write_manifest(cfg.out, context.provenance, [records[p.index] for p in plans], card)
     say(f"wrote {cfg.out}: {counted(manifest.rows, 'row')}, {counted(len(plans), 'shard')}, {rows_done / max(elapsed, 1e-9):,.0f} rows/s", cfg.quiet)
     return manifest
+
+
+def _update_card(cfg: GenerateConfig, manifest: Manifest) -> None:
+    """A rerun of a complete set with other --card-* flags rewrites its card only
+    (the card is not part of the content, so the set stays as it is)."""
+    current = CardSettings.from_record(manifest.card)
+    wanted = current.merged(cfg.card_license, cfg.card_description, cfg.card_task)
+    if wanted != current or manifest.card is None:
+        rewrite_card(manifest, wanted)
+        say(f"rewrote the dataset card {cfg.out / CARD}", cfg.quiet)
 
 
 def _stale_temp_files(cfg: GenerateConfig, todo: list[ShardPlan]) -> list[Path]:

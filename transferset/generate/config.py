@@ -12,9 +12,21 @@ from transferset.inputs import InputSpec
 from transferset.teachers import TeacherSpec
 
 
+@dataclass(frozen=True)
+class SpecialistSpec:
+    """One --specialist FILE --classes LIST: a model over `classes` plus one dustbin output."""
+
+    teacher: TeacherSpec  # its --teacher-weight, if given, is its KL weight (default 1)
+    classes: tuple[int, ...]  # in the order of its outputs; its last output is the dustbin
+
+    @property
+    def weight(self) -> float:
+        return 1.0 if self.teacher.ensemble_weight is None else float(self.teacher.ensemble_weight)
+
+
 @dataclass
 class GenerateConfig:
-    teachers: list[TeacherSpec]
+    teachers: list[TeacherSpec]  # the generalists, over every class
     sources: list[str]
     input_spec: InputSpec
     out: Path
@@ -39,6 +51,13 @@ class GenerateConfig:
     trust_checkpoint: bool = False
     quiet: bool = False
     extra: dict = field(default_factory=dict)
+    # The dataset card's settings (format/card.py): None keeps what the card has.
+    # Never fingerprinted: a card describes the set, it does not change it.
+    card_license: str | None = None
+    card_description: str | None = None
+    card_task: str | None = None
+    specialists: list[SpecialistSpec] = field(default_factory=list)  # --combine specialists (specialists.py)
+    specialist_top: int = 1  # a specialist votes where the generalists' top-n classes meet its classes
 
     def validate(self) -> None:
         problems = []
@@ -47,7 +66,8 @@ class GenerateConfig:
         if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature) and self.temperature > 0):
             problems.append(f"--temperature must be a positive number, got {self.temperature}")
         if self.combine not in COMBINE_METHODS:
-            problems.append(f"unknown --combine {self.combine!r}; use arithmetic or geometric")
+            problems.append(f"unknown --combine {self.combine!r}; use arithmetic or geometric (or specialists, with --specialist)")
+        problems += self._specialist_problems()
         if self.storage_dtype not in STORAGE_DTYPES:
             problems.append(f"--storage-dtype must be float16 or float32, got {self.storage_dtype!r}")
         for flag, value in (("--batch-size", self.batch_size), ("--shard-rows", self.shard_rows), ("--row-group-rows", self.row_group_rows)):
@@ -59,3 +79,28 @@ class GenerateConfig:
             problems.append(f"--writer-index must be in [0, --num-writers={self.num_writers}), got {self.writer_index}")
         if problems:
             raise UserError("; ".join(problems))
+
+    def _specialist_problems(self) -> list[str]:
+        """What is wrong with the --specialist flags that needs no model (classes vs C: at the probe batch)."""
+        problems = []
+        if self.combine == "specialists" and not self.specialists:
+            problems.append("--combine specialists needs at least one --specialist FILE --classes LIST")
+        if self.specialists and self.combine != "specialists":
+            problems.append(f"--specialist is used only by --combine specialists, not --combine {self.combine}; pass --combine specialists")
+        if self.specialists and self.keep_teacher_logits:
+            problems.append("--keep-teacher-logits cannot store specialists' logits (a specialist has len(--classes) + 1 outputs, "
+                            "not one per class); drop --keep-teacher-logits")
+        if not (isinstance(self.specialist_top, int) and self.specialist_top >= 1):
+            problems.append(f"--specialist-top must be a positive number of classes, got {self.specialist_top}")
+        for s in self.specialists:
+            repeated = sorted({c for c in s.classes if s.classes.count(c) > 1})
+            if repeated:
+                problems.append(f"--classes {_listed(s.classes)} of --specialist {s.teacher.spec} repeats class "
+                                f"{_listed(repeated)}; list each class once")
+            if not (math.isfinite(s.weight) and s.weight >= 0):
+                problems.append(f"--teacher-weight {s.weight} of --specialist {s.teacher.spec} must be a non-negative number")
+        return problems
+
+
+def _listed(classes) -> str:
+    return ",".join(str(c) for c in classes)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import platform
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -25,7 +25,9 @@ from transferset.errors import UserError, first_line
 from transferset.format.codecs import TargetCodec, get_codec
 from transferset.format.manifest import JOB, MANIFEST, Manifest, read_manifest
 from transferset.format.provenance import Provenance, fingerprint
+from transferset.generate import specialists
 from transferset.generate.config import GenerateConfig
+from transferset.inputs import TARGET_MASK
 from transferset.io import create_exclusive_json, expand_parquet_paths
 from transferset.labels import check_label_range
 from transferset.progress import say
@@ -44,6 +46,7 @@ class Context:
     provenance: Provenance
     schema: pa.Schema
     codec: TargetCodec
+    specialists: list[teacher_lib.Teacher] = field(default_factory=list)  # cfg.specialists, loaded
 
 
 def open_sources(cfg: GenerateConfig) -> list[SourceFile]:
@@ -98,7 +101,7 @@ def fingerprint_values(cfg: GenerateConfig, sources: list[SourceFile]) -> dict:
         "temperature": cfg.temperature,
         "combine": cfg.combine,
         "storage_dtype": cfg.storage_dtype,
-        "teachers": [{**teacher_lib.fingerprint(t), "weight": t.ensemble_weight} for t in cfg.teachers],
+        "teachers": [{**teacher_lib.fingerprint(t), "weight": t.ensemble_weight} for t in cfg.teachers] + specialists.fingerprints(cfg),
         "sources": [s.fingerprint for s in sources],
         "input": cfg.input_spec.to_dict(),
         "class_names": cfg.class_names,
@@ -187,33 +190,69 @@ def load_teachers(cfg: GenerateConfig, device: torch.device) -> tuple[list[teach
     return teachers, normalised_weights(weights, len(teachers))
 
 
-def probe_num_classes(cfg: GenerateConfig, teachers, source: SourceFile, device: torch.device) -> int:
+def check_vocabulary(cfg: GenerateConfig, teachers: list, sources: list[SourceFile]) -> None:
+    """Token ids mean the same tokens to every member, and to the tokenizer that made a
+    token source: members' tokenizer fingerprints agree, and match the source's."""
+    from transferset.teachers.huggingface import check_shared_vocabulary
+    from transferset.text import text_metadata
+
+    check_shared_vocabulary(teachers)
+    if not cfg.input_spec.tokens:
+        return
+    recorded = [t for t in teachers if t.extra and "tokenizer_fingerprint" in t.extra]
+    for source in sources:
+        made_by = (text_metadata(source.path) or {}).get("tokenizer") or {}
+        for teacher in recorded[:1]:
+            if made_by.get("fingerprint") != teacher.extra["tokenizer_fingerprint"]:
+                raise UserError(
+                    f"source {source.path!r} was tokenised by {made_by.get('path', 'another tokenizer')!r}, not by teacher "
+                    f"{teacher.name!r}'s tokenizer (fingerprints {str(made_by.get('fingerprint'))[:12]} vs "
+                    f"{teacher.extra['tokenizer_fingerprint'][:12]}); convert the corpus again with --tokenizer {teacher.spec.spec.partition(':')[2] or teacher.spec.spec}"
+                )
+
+
+def probe_num_classes(cfg: GenerateConfig, teachers, source: SourceFile, device: torch.device, loaded_specialists=()) -> int:
     """Run the ensemble on the first (at most 4) rows: the number of classes, and a
-    clear error for a teacher that does not fit the inputs."""
+    clear error for a teacher (or specialist) that does not fit the inputs."""
     plan = ShardPlan(0, 0, 0, min(source.rows, 4))
     _, batch = next(read_shard_rows(source, plan, list(cfg.input_spec.columns), 4))
-    x = cfg.input_spec.to_tensor(batch, f"source {source.path!r}").to(device)
+    x = {k: v.to(device) for k, v in cfg.input_spec.to_inputs(batch, f"source {source.path!r}").items()}
+    shape = tuple(next(iter(x.values())).shape)
     try:
         member = teacher_lib.run_teachers(teachers, named_inputs(cfg, x), cfg.precision)
     except UserError:
         raise
     except Exception as error:
-        raise UserError(f"a teacher failed on the first input batch of shape {tuple(x.shape)} ({first_line(error)}); check --input-shape and the teacher") from None
-    if member.ndim != 3:  # [K, B, L, V]: per-token logits, which the row-level kinds cannot store
-        raise UserError(f"teacher {teachers[0].name!r} returned {tuple(member.shape[1:])} for a batch of {x.shape[0]}; a teacher must return "
-                        f"logits [batch, classes] (per-token [batch, length, vocab] logits need a per-token target kind, not {cfg.target_kind})")
+        raise UserError(f"a teacher failed on the first input batch of shape {shape} ({first_line(error)}); check --input-shape and the teacher") from None
+    check_output_shape(cfg, teachers, member, shape)
     num_classes = int(member.shape[-1])
     if num_classes < 2:
         raise UserError(f"teachers return {num_classes} class; distillation needs at least 2")
     if cfg.class_names is not None and len(cfg.class_names) != num_classes:
         raise UserError(f"--class-names has {len(cfg.class_names)} names but the teachers predict {num_classes} classes")
+    specialists.probe(cfg, list(loaded_specialists), named_inputs(cfg, x), num_classes)
     return num_classes
 
 
-def named_inputs(cfg: GenerateConfig, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The teacher batch: one tensor, named by its input column (or `inputs` after a --transform)."""
-    spec = cfg.input_spec
-    return {spec.columns[0] if spec.transform is None else "inputs": x}
+def check_output_shape(cfg: GenerateConfig, teachers, member: torch.Tensor, input_shape: tuple) -> None:
+    """Row targets [K, B, C] from row inputs; per-token targets [K, B, L, V] from token inputs, one per position."""
+    if cfg.input_spec.tokens and member.ndim == 4 and member.shape[2] == input_shape[1]:
+        if cfg.specialists:
+            raise UserError("--specialist combines class targets; per-token (language-model) targets take --combine arithmetic or geometric")
+        if cfg.keep_teacher_logits:
+            raise UserError("--keep-teacher-logits stores every member's [length, vocab] logits per row, too large for "
+                            "per-token targets; drop it (recombine works on class targets)")
+        return
+    if member.ndim == 3:
+        return
+    raise UserError(f"teacher {teachers[0].name!r} returned {tuple(member.shape[1:])} for a batch of {input_shape[0]}; a teacher must "
+                    f"return logits [batch, classes] (or, for the token inputs of a `convert --text` source, [batch, length, vocab] "
+                    f"with one position per token)")
+
+
+def named_inputs(cfg: GenerateConfig, x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The teacher batch: the input tensors a model takes (all but the target mask)."""
+    return {name: tensor for name, tensor in x.items() if name != TARGET_MASK}
 
 
 def labelled_rows(cfg: GenerateConfig, sources: list[SourceFile], num_classes: int) -> list[int]:
@@ -228,13 +267,13 @@ def labelled_rows(cfg: GenerateConfig, sources: list[SourceFile], num_classes: i
 
 
 def build_provenance(cfg: GenerateConfig, sources, teachers, weights, num_classes: int, labelled: list[int],
-                     device: torch.device, config_key: str) -> Provenance:
+                     device: torch.device, config_key: str, loaded_specialists=()) -> Provenance:
     import pyarrow
 
     return Provenance(
         target_kind=cfg.target_kind, num_classes=num_classes, temperature=float(cfg.temperature), combine=cfg.combine,
         storage_dtype=cfg.storage_dtype,
-        teachers=[t.describe(float(w)) for t, w in zip(teachers, weights.tolist())],
+        teachers=[t.describe(float(w)) for t, w in zip(teachers, weights.tolist())] + specialists.describe(cfg, loaded_specialists),
         sources=[s.describe(n) for s, n in zip(sources, labelled)],
         input=cfg.input_spec.to_dict(), class_names=cfg.class_names, label_column=cfg.label_column, id_column=cfg.id_column,
         teacher_logits_kept=cfg.keep_teacher_logits, shard_rows=cfg.shard_rows, row_group_rows=cfg.row_group_rows,

@@ -2,7 +2,7 @@
 
 The work is split into pure steps that an engine composes:
 
-    read_batches(job)          source rows -> (first row, Arrow batch, input tensor)
+    read_batches(job)          source rows -> (first row, Arrow batch, named input tensors)
     label_batch(job, ...)      teachers -> combine -> codec -> one Arrow batch of the shard
     generate_shard(job)        both, written straight to the shard file: -> ShardRecord
 
@@ -26,7 +26,9 @@ from transferset.combine import combine
 from transferset.errors import UserError
 from transferset.format.manifest import ShardRecord, shard_name
 from transferset.format.schema import ID, LABEL, SOURCE, parquet_options
+from transferset.generate import specialists
 from transferset.generate.setup import Context, named_inputs
+from transferset.inputs import TARGET_MASK
 from transferset.io import write_failure
 from transferset.sources import ShardPlan, SourceFile, read_shard_rows
 from transferset.writer import publish_shard, temp_path
@@ -42,7 +44,8 @@ class ShardJob:
         return self.context.sources[self.plan.source]
 
 
-def read_batches(job: ShardJob) -> Iterator[tuple[int, pa.RecordBatch, torch.Tensor]]:
+def read_batches(job: ShardJob) -> Iterator[tuple[int, pa.RecordBatch, dict[str, torch.Tensor]]]:
+    """(first row, Arrow batch, its named input tensors) over the shard's rows."""
     cfg = job.context.cfg
     spec = cfg.input_spec
     columns = list(spec.columns)
@@ -52,29 +55,42 @@ def read_batches(job: ShardJob) -> Iterator[tuple[int, pa.RecordBatch, torch.Ten
         columns.append(cfg.id_column)
     pin = job.context.device.type == "cuda"
     for first_row, batch in read_shard_rows(job.source, job.plan, columns, cfg.batch_size):
-        x = spec.to_tensor(batch, f"source {job.source.path!r}", first_row=first_row)
-        yield first_row, batch, (x.pin_memory() if pin else x)
+        x = spec.to_inputs(batch, f"source {job.source.path!r}", first_row=first_row)
+        yield first_row, batch, ({k: v.pin_memory() for k, v in x.items()} if pin else x)
 
 
-def label_batch(job: ShardJob, first_row: int, batch: pa.RecordBatch, x: torch.Tensor) -> pa.RecordBatch:
+def label_batch(job: ShardJob, first_row: int, batch: pa.RecordBatch, x: dict[str, torch.Tensor]) -> pa.RecordBatch:
     """The shard's rows for one input batch: ids, source, label, targets, inputs."""
     ctx = job.context
     pin = ctx.device.type == "cuda"
-    x = x.to(ctx.device, non_blocking=pin)
-    member = teacher_lib.run_teachers(ctx.teachers, named_inputs(ctx.cfg, x), ctx.cfg.precision)  # (K, B, C)
-    _check_finite(member, job, first_row)
-    target = combine(member, ctx.cfg.combine, ctx.cfg.temperature, ctx.weights)  # (B, C) float32
+    x = {k: v.to(ctx.device, non_blocking=pin) for k, v in x.items()}
+    inputs = named_inputs(ctx.cfg, x)
+    member = teacher_lib.run_teachers(ctx.teachers, inputs, ctx.cfg.precision)  # (K, B, C) or (K, B, L, V)
+    _check_finite(member, job, first_row, ctx.teachers)
+    special = None
+    if ctx.specialists:  # other widths than the generalists: run (and checked) one by one
+        special, special_logits = specialists.run(ctx.cfg, ctx.specialists, inputs)
+        for t, logits in zip(ctx.specialists, special_logits):
+            _check_finite(logits.unsqueeze(0), job, first_row, [t])
+    target = combine(member, ctx.cfg.combine, ctx.cfg.temperature, ctx.weights, special)  # (B, C) or (B, L, V) float32
     columns = {
         ID: _ids(job, batch, first_row),
         SOURCE: pa.array([job.source.path] * batch.num_rows, pa.string()),
         LABEL: batch.column(ctx.cfg.label_column).cast(pa.int32()) if job.source.has_label else pa.nulls(batch.num_rows, pa.int32()),
-        **ctx.codec.encode(target, member, ctx.provenance),
+        **_encode(ctx, target, member, x.get(TARGET_MASK)),
     }
     spec = ctx.cfg.input_spec
     for name in spec.columns:
         column = batch.column(name)
         columns[name] = spec.fixed_column(column, job.source.path, first_row=first_row) if spec.transform is None else column
     return pa.RecordBatch.from_arrays([columns[f.name] for f in ctx.schema], schema=ctx.schema)
+
+
+def _encode(ctx: Context, target: torch.Tensor, member: torch.Tensor, positions: torch.Tensor | None) -> dict[str, pa.Array]:
+    """The codec's columns; per-token targets also name their target positions."""
+    if positions is None:
+        return ctx.codec.encode(target, member, ctx.provenance)
+    return ctx.codec.encode(target, member, ctx.provenance, positions=positions)
 
 
 def generate_shard(job: ShardJob) -> ShardRecord:
@@ -109,14 +125,16 @@ def _ids(job: ShardJob, batch: pa.RecordBatch, first_row: int) -> pa.Array:
     return pa.array([f"{prefix}:{i}" for i in range(first_row, first_row + batch.num_rows)], pa.string())
 
 
-def _check_finite(member: torch.Tensor, job: ShardJob, first_row: int) -> None:
-    bad = ~torch.isfinite(member).all(dim=-1)  # (K, B)
+def _check_finite(member: torch.Tensor, job: ShardJob, first_row: int, teachers: list) -> None:
+    bad = ~torch.isfinite(member).all(dim=-1)  # (K, B), or (K, B, L) per token
+    if bad.ndim == 3:
+        bad = bad.any(dim=-1)
     if not bad.any():
         return
     k = int(bad.any(dim=1).nonzero()[0])
     rows = bad[k].nonzero().flatten().cpu().tolist()
     shown = ", ".join(str(first_row + r) for r in rows[:5]) + (" ..." if len(rows) > 5 else "")
     raise UserError(
-        f"teacher {job.context.teachers[k].name!r} returned NaN/Inf logits for {len(rows)} rows of {job.source.path!r} "
+        f"teacher {teachers[k].name!r} returned NaN/Inf logits for {len(rows)} rows of {job.source.path!r} "
         f"(rows {shown}); check that teacher and those inputs (--input-scale/--input-mean/--input-std?)"
     )

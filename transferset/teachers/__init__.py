@@ -48,6 +48,9 @@ class Teacher:
     # A program exported with a fixed batch size only runs on batches of exactly
     # that many rows: it is fed in such batches, the last one padded (outputs.py).
     fixed_batch: int | None = None
+    # What a form knows beyond the common fields (an hf teacher's tokenizer fingerprint and vocabulary
+    # size), merged into describe(); None for the other forms, whose provenance stays as it was.
+    extra: dict | None = None
 
     def __call__(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Logits [B, C] or [B, L, V] for a batch of named input tensors."""
@@ -64,6 +67,8 @@ class Teacher:
                      "spec": self.spec.spec, "weights_file": self.spec.weights}
         if self.spec.output is not None:  # absent rather than null: older sets' provenance stays as it was
             described["output"] = self.spec.output
+        if self.extra:
+            described.update(self.extra)
         return described
 
 
@@ -158,4 +163,4 @@ def run_teachers(teachers: list[Teacher], inputs: dict[str, torch.Tensor], preci
     return torch.stack(outs)
 
 
-from transferset.teachers import export, factory, torchscript  # noqa: E402,F401  (each registers its loader)
+from transferset.teachers import export, factory, torchscript, huggingface  # noqa: E402,F401,I001  (each registers its loader, in this order)

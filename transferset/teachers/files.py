@@ -45,7 +45,9 @@ def describe_unknown(spec: str, kinds: tuple[str, ...]) -> str:
     if not os.path.exists(spec):
         return f"--teacher file {spec!r} does not exist; check the path"
     if os.path.isdir(spec):
-        return f"teacher {spec!r} is a directory, not a model transferset can load; {_ANY_FORM}"
+        return (f"teacher {spec!r} is a directory without config.json, not a model transferset can load; "
+                f"give a Hugging Face model directory (save_pretrained), a torch.export .pt2, a TorchScript archive, "
+                f"or package.module:function")
     reason = "not a zip archive" if not zipfile.is_zipfile(spec) else "a zip archive of no known model format"
     if spec.endswith(".pt2"):
         return f"teacher {spec!r} is not a torch.export program ({reason}); export it with torch.export.save, or use TorchScript or a factory"

@@ -37,8 +37,11 @@ class TargetCodec(Protocol):
     def float_leaves(self, provenance: "Provenance") -> list[str]:
         """Parquet leaf paths of float columns (written with BYTE_STREAM_SPLIT, no statistics)."""
 
-    def encode(self, targets: "torch.Tensor", members: "torch.Tensor | None", provenance: "Provenance") -> dict[str, pa.Array]:
-        """Columns for one batch: combined target logits [B, C] float32, member logits [K, B, C] or None."""
+    def encode(self, targets: "torch.Tensor", members: "torch.Tensor | None", provenance: "Provenance",
+               positions: "torch.Tensor | None" = None) -> dict[str, pa.Array]:
+        """Columns for one batch: combined target logits [B, C] float32, member logits [K, B, C] or None.
+        Per token (`sequence_length(provenance)` is L): targets [B, L, V] and `positions`, bool
+        [B, L], the positions that get targets (the others are stored as zeros)."""
 
     def decode_columns(self, provenance: "Provenance") -> list[str]:
         """The columns `decode` reads (a trainer reads nothing else of the targets)."""
@@ -56,6 +59,28 @@ class TargetCodec(Protocol):
     def bytes_per_row(self, provenance: "Provenance") -> float:
         """Uncompressed bytes of the target columns per row."""
 
+    def temperature_exact(self, provenance: "Provenance") -> bool:
+        """Whether a student may train at a T other than the stored one, exactly."""
+
+    def parse_options(self, text: str | None) -> dict:
+        """The options of `--targets KIND:TEXT` (TEXT None when no colon), refused in one line."""
+
+    def check_options(self, options: dict, num_classes: int) -> None:
+        """Refuse options that do not fit the teachers' classes (checked after the probe)."""
+
+    def statistics(self, provenance: "Provenance") -> dict:
+        """polars expressions per row for `inspect`: "top1" (the ensemble's most probable
+        class), "entropy" (nats), and any kind-specific extras (averaged over rows)."""
+
+    def describe(self, provenance: "Provenance") -> str:
+        """Markdown for the set's dataset card: what each target column holds and how
+        it becomes the teacher distribution (format/card.py adds the rest)."""
+
+    def recipe(self, provenance: "Provenance") -> list[str]:
+        """Plain-Python lines for the card's PyTorch example: from a pyarrow `table`
+        (and `np`, `torch`, `T` in scope) set `targets`, float32 [rows, C], the
+        teacher distribution at the stored temperature T. Run by a test."""
+
 
 _CODECS: Registry[TargetCodec] = Registry(lambda codec: codec.kind, lambda kind, known: f"target kind {kind!r} is unknown")
 register = _CODECS.register
@@ -72,6 +97,25 @@ def get_codec(kind: Any, where: str = "transfer set") -> TargetCodec:
     return _CODECS.get(kind)
 
 
-from transferset.format.codecs import dense  # noqa: E402  (registers itself)
+def sequence_length(provenance: "Provenance") -> int | None:
+    """L for a per-token set (token inputs: one target per position), None for row targets."""
+    spec = provenance.input
+    return int(spec["shape"][0]) if spec.get("tokens") and spec.get("shape") else None
 
-__all__ = ["TargetCodec", "register", "unregister", "get_codec", "kinds", "dense"]
+
+def refuse_per_token(provenance: "Provenance", where: str, what: str) -> None:
+    """One line for a reader that does not read per-token sets yet (`what`: what it does instead)."""
+    if sequence_length(provenance) is not None:
+        raise UserError(f"{where} holds per-token targets (a language-model transfer set, {sequence_length(provenance)} "
+                        f"positions per row); {what}")
+
+
+def parse_targets(text: str) -> tuple[str, dict]:
+    """`--targets KIND[:OPTIONS]` -> (kind, the codec's options)."""
+    kind, _, options = text.partition(":")
+    return kind, get_codec(kind, "--targets").parse_options(options or None)
+
+
+from transferset.format.codecs import dense, sparse  # noqa: E402  (they register themselves)
+
+__all__ = ["TargetCodec", "register", "unregister", "get_codec", "kinds", "parse_targets", "sequence_length", "refuse_per_token", "dense", "sparse"]
