@@ -149,3 +149,38 @@ def test_zero_teacher_weight_is_zero_and_out_inside_a_source_directory_resumes(t
     stored = np.stack(table["logits"].to_numpy())
     member_b = np.stack(table["teacher_logits"].to_numpy())[:, 1]
     np.testing.assert_allclose(np_softmax(stored), np_softmax(member_b), rtol=1e-5, atol=1e-7)  # weight 0: only b
+
+
+def test_row_groups_follow_row_group_rows_not_the_batch_size(tmp_path, sources, monkeypatch):
+    """--row-group-rows sets the row groups (the unit readers seek and shuffle), whatever
+    the teacher batch size; the in-process pure path (generate_shard) writes the same."""
+    from transferset import writer
+    from transferset.generate import GenerateConfig, generate_shard, prepare
+    from transferset.generate.shard import ShardJob
+    from transferset.inputs import InputSpec
+    from transferset.sources import plan_shards
+    from transferset.teachers import TeacherSpec
+
+    lab, _ = sources
+    flags = ["--input-column", "pixels", "--input-shape", "1,8,8", "--batch-size", "16", "--shard-rows", "128"]
+    run_cli("generate", "--teacher", "teacher_models:tiny_a", "--source", lab, *flags, "--row-group-rows", "40",
+            "--out", tmp_path / "ts", "--quiet", check=True)
+    manifest = read_manifest(tmp_path / "ts")
+    groups = [[pq.ParquetFile(p).metadata.row_group(i).num_rows for i in range(pq.ParquetFile(p).num_row_groups)]
+              for p in manifest.shard_paths()]
+    expected = [[40, 40, 40, 8] if s.rows == 128 else [40] * (s.rows // 40) + ([s.rows % 40] if s.rows % 40 else [])
+                for s in manifest.shards]
+    assert groups == expected and sum(map(sum, groups)) == manifest.rows
+
+    # The pure path, with a byte cap small enough to split the groups further: same rows, smaller groups.
+    monkeypatch.setattr(writer, "MAX_ROW_GROUP_BYTES", 2048)
+    cfg = GenerateConfig(teachers=[TeacherSpec("teacher_models:tiny_a")], sources=[str(lab)], out=tmp_path / "pure",
+                         input_spec=InputSpec(columns=("pixels",), shape=(1, 8, 8)), batch_size=16, shard_rows=128,
+                         row_group_rows=40, quiet=True)
+    context = prepare(cfg)
+    record = generate_shard(ShardJob(plan_shards(context.sources, 128)[0], context))
+    pf = pq.ParquetFile(tmp_path / "pure" / record.path)
+    sizes = [pf.metadata.row_group(i).num_rows for i in range(pf.num_row_groups)]
+    assert sum(sizes) == 128 and max(sizes) < 40 and len(set(sizes[:-1])) == 1
+    table = pq.read_table(tmp_path / "pure" / record.path)
+    assert table.column("logits").equals(pq.read_table(manifest.shard_paths()[0]).column("logits"))

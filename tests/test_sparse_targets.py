@@ -10,6 +10,22 @@ import pytest
 import torch
 
 from conftest import run_cli, write_pixels_source
+
+
+def _main(*argv) -> tuple[int, str]:
+    """The CLI in this process (a fresh interpreter per command costs ~2 s of imports)."""
+    import contextlib
+    import io
+
+    import cli
+
+    err = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        try:
+            code = cli.main([str(a) for a in argv])
+        except SystemExit as stop:
+            code = stop.code
+    return code, err.getvalue()
 from train.losses import kd_loss, sparse_kl_loss
 from transferset.sparsify import sample_counts, topk_with_tail
 
@@ -150,8 +166,9 @@ def sets(tmp_path_factory):
     source = write_pixels_source(root / "src.parquet", rng.integers(0, 16, size=(200, 64), dtype=np.uint8), labels)
     for name, extra in (("dense", []), ("top3", ["--targets", "topk:3"]), ("s8", ["--targets", "sampled:8"]),
                         ("s8-again", ["--targets", "sampled:8", "--batch-size", "64"])):
-        run_cli("generate", *TINY, "--source", source, *PIXELS, "--combine", "arithmetic", "-T", "2", "--storage-dtype", "float32",
-                *extra, "--out", root / name, check=True)
+        code, err = _main("generate", *TINY, "--source", source, *PIXELS, "--combine", "arithmetic", "-T", "2",
+                          "--storage-dtype", "float32", *extra, "--out", root / name)
+        assert code == 0, err
     return root
 
 
@@ -194,18 +211,19 @@ def test_sampled_sets_are_reproducible(sets):
 
 def test_train_from_sparse_sets_and_their_cards(sets, tmp_path, monkeypatch):
     for name in ("top3", "s8"):
-        run_cli("train", "--transfer", sets / name, "--student-arg", "hidden=8", "--epochs", "2", "--alpha", "0.5",
-                "--out", tmp_path / name, "--quiet", check=True)
+        code, err = _main("train", "--transfer", sets / name, "--student-arg", "hidden=8", "--epochs", "1", "--alpha", "0.5",
+                          "--out", tmp_path / name, "--quiet")
+        assert code == 0, err
         assert (tmp_path / name / "student.pt2").is_file()
         code = re.search(r"```python\n(.*?)```", (sets / name / "README.md").read_text(), re.S).group(1)
         monkeypatch.chdir(sets)
         scope = {}
         exec(compile(code, "README.md", "exec"), scope)
         np.testing.assert_allclose(scope["targets"].sum(1), 1.0, rtol=1e-5)
-    refused = run_cli("train", "--transfer", sets / "top3", "--temperature", "4", "--out", tmp_path / "t4")
-    assert refused.returncode == 2 and "re-tempering a sparse support is not exact" in refused.stderr
-    refused = run_cli("train", "--transfer", sets / "s8", "--loss", "mse", "--out", tmp_path / "mse")
-    assert refused.returncode == 2 and "does not apply to sampled targets" in refused.stderr
+    code, err = _main("train", "--transfer", sets / "top3", "--temperature", "4", "--out", tmp_path / "t4")
+    assert code == 2 and "re-tempering a sparse support is not exact" in err
+    code, err = _main("train", "--transfer", sets / "s8", "--loss", "mse", "--out", tmp_path / "mse")
+    assert code == 2 and "does not apply to sampled targets" in err
 
 
 @pytest.mark.parametrize("spec, expected", [
@@ -217,6 +235,58 @@ def test_train_from_sparse_sets_and_their_cards(sets, tmp_path, monkeypatch):
     ("views:2", "target kind 'views' is reserved"),
 ])
 def test_bad_targets(sets, tmp_path, spec, expected):
-    refused = run_cli("generate", *TINY, "--source", sets / "src.parquet", *PIXELS, "--targets", spec, "--out", tmp_path / "o")
-    assert refused.returncode == 2 and expected in refused.stderr and refused.stderr.count("\n") == 1, refused.stderr
+    code, err = _main("generate", *TINY, "--source", sets / "src.parquet", *PIXELS, "--targets", spec, "--out", tmp_path / "o")
+    assert code == 2 and expected in err and err.count("\n") == 1, err
     assert not (tmp_path / "o" / "_manifest.json").exists() and not list((tmp_path / "o").glob("part-*")) if (tmp_path / "o").exists() else True
+
+
+def test_decode_refuses_damaged_sparse_columns_and_options_are_checked():
+    import pyarrow as pa
+
+    from transferset.errors import UserError
+    from transferset.format.codecs import get_codec
+    from transferset.format.provenance import Provenance
+
+    def prov(kind, options):
+        return Provenance(target_kind=kind, num_classes=10, temperature=1.0, combine="geometric", storage_dtype="float32",
+                          teachers=[{"name": "t"}], sources=[{"path": "s"}], input={"columns": ["x"], "shape": [1]},
+                          target_options=options)
+
+    topk, sampled = get_codec("topk"), get_codec("sampled")
+    columns = topk.encode(torch.randn(4, 10), None, prov("topk", {"k": 3}))
+    ids = columns["target_token_ids"]
+    bad = pa.FixedSizeListArray.from_arrays(pa.array([0, 1, 12] * 4, pa.int32()), 3)
+    table = pa.table({**columns, "target_token_ids": bad})
+    with pytest.raises(UserError, match=r"ids outside \[0, 10\)"):
+        topk.decode(table, prov("topk", {"k": 3}), "here")
+    assert topk.decode(pa.table({**columns, "target_token_ids": ids}), prov("topk", {"k": 3}), "here")["support_ids"].shape == (4, 3)
+    columns = sampled.encode(torch.randn(4, 10), None, prov("sampled", {"n": 5, "seed": 0}))
+    zero = pa.FixedSizeListArray.from_arrays(pa.array([0] * 20, pa.int16()), 5)
+    with pytest.raises(UserError, match="do not add up to 5"):  # a row-level set has no empty positions
+        sampled.decode(pa.table({**columns, "target_counts": zero}), prov("sampled", {"n": 5, "seed": 0}), "here")
+    for kind, options, expected in (("sampled", {"n": 40000, "seed": 0}, "at most 32767"),
+                                    ("sampled", {"n": 5}, "seed must be an integer"),
+                                    ("topk", {"k": 3, "extra": 1}, "has no option 'extra'")):
+        with pytest.raises(UserError, match=expected):
+            get_codec(kind).check_options(options, 10)
+
+
+def test_chunked_combine_and_sparsify_change_no_bit(monkeypatch):
+    """Rows are combined and sparsified a chunk at a time (bounded memory at 150k vocabularies):
+    the chunk size must not change a single value."""
+    from transferset import combine as combine_module
+    from transferset import sparsify
+
+    torch.manual_seed(0)
+    members = torch.randn(3, 5, 7, 40) * 4  # [K, B, L, V]
+    weights = torch.tensor([0.2, 0.3, 0.5])
+    whole = {m: combine_module.combine(members, m, 2.0, weights) for m in ("arithmetic", "geometric")}
+    top, drawn = topk_with_tail(whole["arithmetic"], 2.0, 6), sample_counts(whole["arithmetic"], 2.0, 9, seed=1)
+    monkeypatch.setattr(combine_module, "CHUNK_VALUES", 3 * 40 * 4)  # 4 positions per chunk
+    monkeypatch.setattr(sparsify, "CHUNK_VALUES", 40 * 3)  # 3 positions per chunk
+    for method, expected in whole.items():
+        assert torch.equal(combine_module.combine(members, method, 2.0, weights), expected)
+    for got, expected in zip(topk_with_tail(whole["arithmetic"], 2.0, 6), top):
+        assert torch.equal(got, expected)
+    for got, expected in zip(sample_counts(whole["arithmetic"], 2.0, 9, seed=1), drawn):
+        assert torch.equal(got, expected)

@@ -46,7 +46,8 @@ def normalised_weights(weights: list[float] | None, num_teachers: int) -> torch.
 
 def combine(member_logits: torch.Tensor, method: str, temperature: float, weights: torch.Tensor,
             specialists: "Specialists | None" = None) -> torch.Tensor:
-    """Target logits [B, C] from member logits [K, B, C] (any float dtype).
+    """Target logits [B, C] from member logits [K, B, C] (any float dtype); per token,
+    [B, L, V] from [K, B, L, V].
 
     `weights` is [K], float32, summing to 1. `specialists`: their outputs on the same
     rows, for method "specialists" only. Returns float32.
@@ -57,20 +58,36 @@ def combine(member_logits: torch.Tensor, method: str, temperature: float, weight
         if specialists is None:
             raise UserError("--combine specialists needs at least one --specialist FILE --classes LIST")
         return combine_specialists(member_logits, weights, specialists, temperature)
+    if method not in ("arithmetic", "geometric"):
+        raise UserError(f"unknown combine method {method!r}; use --combine arithmetic or --combine geometric (or specialists, with --specialist)")
+    # Rows (or positions, per token) are independent: combine them a chunk at a time, so
+    # a 150k vocabulary at thousands of positions needs one float32 copy of the result,
+    # not several of the members' logits (each row's arithmetic is the same either way).
+    k, vocab = member_logits.shape[0], member_logits.shape[-1]
+    flat = member_logits.reshape(k, -1, vocab)
+    out = torch.empty(flat.shape[1:], dtype=torch.float32, device=flat.device)
+    step = max(1, CHUNK_VALUES // (k * vocab))
+    for start in range(0, flat.shape[1], step):
+        out[start:start + step] = _combine_rows(flat[:, start:start + step], method, temperature, weights)
+    return out.reshape(member_logits.shape[1:])
+
+
+CHUNK_VALUES = 1 << 24  # member logits combined at once (64 MB of float32)
+
+
+def _combine_rows(member_logits: torch.Tensor, method: str, temperature: float, weights: torch.Tensor) -> torch.Tensor:
+    """[K, N, C] -> [N, C] target logits, each row shifted to max 0."""
     z = member_logits.to(torch.float32)
     # Shift each member's row to max 0 before anything else: softmax does not see the
     # shift, and differences of large logits (4467 vs 4466) stay exact in float32,
     # where dividing the raw values by T first would round them (found by Hypothesis).
     z = z - z.max(dim=-1, keepdim=True).values
-    w = weights.to(device=z.device, dtype=torch.float32).view(-1, *[1] * (z.ndim - 1))  # (K, 1, 1) or (K, 1, 1, 1) per token
+    w = weights.to(device=z.device, dtype=torch.float32).view(-1, 1, 1)  # (K, 1, 1)
     if method == "arithmetic":
-        log_p_members = torch.log_softmax(z / temperature, dim=-1)  # (K, B, C)
-        log_p = torch.logsumexp(torch.log(w) + log_p_members, dim=0)  # (B, C)
-        target = temperature * log_p
-    elif method == "geometric":
-        target = (w * z).sum(dim=0)  # (B, C)
+        log_p_members = torch.log_softmax(z / temperature, dim=-1)  # (K, N, C)
+        target = temperature * torch.logsumexp(torch.log(w) + log_p_members, dim=0)  # (N, C)
     else:
-        raise UserError(f"unknown combine method {method!r}; use --combine arithmetic or --combine geometric (or specialists, with --specialist)")
+        target = (w * z).sum(dim=0)  # (N, C)
     return target - target.max(dim=-1, keepdim=True).values
 
 

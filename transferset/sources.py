@@ -178,6 +178,13 @@ def read_shard_rows(source: SourceFile, plan: ShardPlan, columns: list[str], bat
         yield next_row, _one_batch(pending)
 
 
+def read_first_rows(source: SourceFile, columns: list[str], rows: int) -> pa.RecordBatch:
+    """The first `rows` rows (for the probe): streamed, so a 32,768-row group is not decoded
+    whole to look at four rows."""
+    f = pq.ParquetFile(source.path, pre_buffer=False, buffer_size=1 << 20)
+    return next(f.iter_batches(batch_size=rows, columns=columns))
+
+
 def _one_batch(table: pa.Table) -> pa.RecordBatch:
     """One RecordBatch (copying only when the rows straddle two row groups)."""
     return table.combine_chunks().to_batches()[0]

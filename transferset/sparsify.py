@@ -33,15 +33,29 @@ def log_probs(target_logits: torch.Tensor, temperature: float) -> torch.Tensor:
     return torch.log_softmax(target_logits.to(torch.float32) / temperature, dim=-1)
 
 
+CHUNK_VALUES = 1 << 24  # targets sparsified at once: 64 MB of float32 temporaries, whatever the vocabulary
+
+
+def _chunks(rows: int, vocab: int) -> range:
+    step = max(1, CHUNK_VALUES // vocab)
+    return range(0, rows, step)
+
+
 def topk_with_tail(target_logits: torch.Tensor, temperature: float, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(ids int64 [..., k] in descending probability, log-probs float32 [..., k], tail log-mass float32 [...]).
 
-    The tail is -inf when k equals the vocabulary (nothing left over)."""
-    lp = log_probs(target_logits, temperature)
-    top_lp, ids = lp.topk(k, dim=-1, largest=True, sorted=True)
-    rest = lp.scatter(-1, ids, float("-inf"))  # the top k removed: what is left is the tail
-    tail = torch.logsumexp(rest, dim=-1)
-    return ids, top_lp, tail
+    The tail is -inf when k equals the vocabulary (nothing left over). Rows are
+    independent, so they are done a chunk at a time (bounded temporaries)."""
+    shape, vocab = target_logits.shape[:-1], target_logits.shape[-1]
+    flat = target_logits.reshape(-1, vocab)
+    parts = []
+    for start in _chunks(flat.shape[0], vocab):
+        lp = log_probs(flat[start:start + max(1, CHUNK_VALUES // vocab)], temperature)
+        top_lp, ids = lp.topk(k, dim=-1, largest=True, sorted=True)
+        rest = lp.scatter(-1, ids, float("-inf"))  # the top k removed: what is left is the tail
+        parts.append((ids, top_lp, torch.logsumexp(rest, dim=-1)))
+    ids, top_lp, tail = (torch.cat(p) for p in zip(*parts))
+    return ids.reshape(*shape, k), top_lp.reshape(*shape, k), tail.reshape(shape)
 
 
 def batch_seed(target_logits: torch.Tensor, seed: int) -> int:
@@ -60,17 +74,21 @@ def sample_counts(target_logits: torch.Tensor, temperature: float, n: int, seed:
     n draws per row, merged: the first slots hold the distinct ids drawn, most
     frequent first (ties: smaller id first); the remaining slots repeat the first id
     with count 0, so every row has n slots and counts that sum to n."""
-    lp = log_probs(target_logits, temperature)
-    shape, vocab = lp.shape[:-1], lp.shape[-1]
-    flat = lp.reshape(-1, vocab)
+    shape, vocab = target_logits.shape[:-1], target_logits.shape[-1]
+    flat_logits = target_logits.reshape(-1, vocab)
     generator = torch.Generator(device="cpu").manual_seed(batch_seed(target_logits, seed))
-    u = torch.rand((flat.shape[0], n), generator=generator, dtype=torch.float64).to(flat.device)
-    cdf = flat.double().exp().cumsum(dim=-1)
-    cdf = cdf / cdf[:, -1:]  # exactly 1 at the end, whatever the float sum gave
-    draws = torch.searchsorted(cdf, u, right=True).clamp_(max=vocab - 1)  # [rows, n]
-    ids, counts = _merge(draws, vocab)
-    return (ids.reshape(*shape, n), counts.reshape(*shape, n),
-            torch.gather(flat, 1, ids).reshape(*shape, n))
+    u_all = torch.rand((flat_logits.shape[0], n), generator=generator, dtype=torch.float64).to(target_logits.device)
+    parts = []
+    for start in _chunks(flat_logits.shape[0], vocab):
+        stop = start + max(1, CHUNK_VALUES // vocab)
+        flat = log_probs(flat_logits[start:stop], temperature)
+        cdf = flat.double().exp().cumsum(dim=-1)
+        cdf = cdf / cdf[:, -1:]  # exactly 1 at the end, whatever the float sum gave
+        draws = torch.searchsorted(cdf, u_all[start:stop], right=True).clamp_(max=vocab - 1)  # [rows, n]
+        ids, counts = _merge(draws, vocab)
+        parts.append((ids, counts, torch.gather(flat, 1, ids)))
+    ids, counts, lp = (torch.cat(p) for p in zip(*parts))
+    return ids.reshape(*shape, n), counts.reshape(*shape, n), lp.reshape(*shape, n)
 
 
 def _merge(draws: torch.Tensor, vocab: int) -> tuple[torch.Tensor, torch.Tensor]:

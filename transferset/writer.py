@@ -35,6 +35,43 @@ from transferset.format.schema import LABEL
 from transferset.io import file_sha256, write_failure
 
 QUEUE_DEPTH = 8  # batches in flight between the teacher loop and the writer
+# A row group is `--row-group-rows` rows, fewer when that many would take more than
+# this (wide per-token rows): the writer holds one row group in memory.
+MAX_ROW_GROUP_BYTES = 256 << 20
+
+
+class RowGroups:
+    """Teacher batches -> row groups of exactly `rows` rows (the shard's last one shorter).
+
+    The teacher batch size is a compute setting; the row group is the unit every reader
+    seeks, shuffles and checks, so it is set by `--row-group-rows` alone (capped at
+    MAX_ROW_GROUP_BYTES, measured on the shard's first batch). Both are pure functions
+    of the configuration and the data, so a resumed shard has the same row groups."""
+
+    def __init__(self, writer: pq.ParquetWriter, rows: int) -> None:
+        self.writer, self.rows = writer, rows
+        self.pending: list[pa.RecordBatch] = []
+        self.pending_rows = 0
+
+    def add(self, batch: pa.RecordBatch) -> None:
+        if not self.pending and batch.num_rows and self.rows > 1:
+            per_row = max(1, batch.nbytes // batch.num_rows)
+            self.rows = max(1, min(self.rows, MAX_ROW_GROUP_BYTES // per_row))
+        self.pending.append(batch)
+        self.pending_rows += batch.num_rows
+        while self.pending_rows >= self.rows:
+            self._write(self.rows)
+
+    def close(self) -> None:
+        if self.pending_rows:
+            self._write(self.pending_rows)
+
+    def _write(self, rows: int) -> None:
+        table = pa.Table.from_batches(self.pending)
+        self.writer.write_table(table.slice(0, rows), row_group_size=rows)
+        rest = table.slice(rows)
+        self.pending = rest.to_batches() if rest.num_rows else []
+        self.pending_rows = rest.num_rows
 
 
 @dataclass
@@ -137,6 +174,7 @@ class ShardWriter:
 
     def _run(self) -> None:
         writer: pq.ParquetWriter | None = None
+        groups: RowGroups | None = None
         current: _Open | None = None
         rows = labelled = 0
         try:
@@ -146,11 +184,13 @@ class ShardWriter:
                 if isinstance(item, _Open):
                     current, rows, labelled = item, 0, 0
                     writer = pq.ParquetWriter(item.tmp, self.schema, **self.options)
+                    groups = RowGroups(writer, self.row_group_rows)
                 elif isinstance(item, _Rows):
-                    writer.write_batch(item.batch, row_group_size=self.row_group_rows)
+                    groups.add(item.batch)
                     rows += item.batch.num_rows
                     labelled += item.batch.num_rows - item.batch.column(LABEL).null_count
                 elif isinstance(item, _Close):
+                    groups.close()
                     writer.close()
                     writer = None
                     self.records.append(publish_shard(self.directory, current.tmp, current.index, rows, labelled))

@@ -36,7 +36,10 @@ def _cells(e) -> list[str]:
 
     if e.target_kind is None:  # nothing readable to describe
         return [e.status, e.path, "-", "-", "-", "-", "-", human_bytes(e.bytes), e.problem or ""]
-    rows = f"{e.rows:,} rows" if e.status == "complete" or e.rows is None else f"{e.rows_written:,}/{e.rows:,} rows"
+    if e.rows is None:  # not recorded (a set started by an older transferset)
+        rows = f"{e.rows_written:,} rows written"
+    else:
+        rows = f"{e.rows:,} rows" if e.status == "complete" else f"{e.rows_written:,}/{e.rows:,} rows"
     teachers = f"{len(e.teachers)} teacher{'s' if len(e.teachers) != 1 else ''} ({', '.join(e.teachers)})"
     last = teachers if e.status == "complete" else f"{teachers}: {e.problem}"
     return [e.status, e.path, e.target_kind, rows, f"{e.num_classes} classes", f"T={e.temperature:g}", e.combine,

@@ -82,6 +82,12 @@ def size_category(rows: int) -> str:
 def task_category(provenance: Provenance, settings: CardSettings) -> str:
     if settings.task:
         return settings.task
+    from transferset.format.codecs import sequence_length
+
+    if sequence_length(provenance) is not None:
+        return "text-generation"  # per-token targets: a language model's next-token distributions
+    if provenance.input.get("tokens"):
+        return "text-classification"
     shape = provenance.input.get("shape") or []
     return "image-classification" if len(shape) == 3 else "tabular-classification"
 
@@ -151,12 +157,13 @@ def body(directory: Path, provenance: Provenance, records: list, settings: CardS
         f"| rows | {rows:,} ({labelled:,} labelled, {rows - labelled:,} unlabelled) |",
         f"| classes | {provenance.num_classes}{_class_names(provenance)} |",
         f"| temperature T | {provenance.temperature:g} |",
-        f"| combine | {provenance.combine} mean of {len(provenance.teachers)} teacher(s) |",
+        f"| combine | {_combined(provenance)} |",
         f"| storage | {provenance.storage_dtype}; {codec.bytes_per_row(provenance):,.0f} bytes of targets per row; "
         f"{on_disk:,} bytes in {len(records)} shard(s) ({on_disk / max(rows, 1):,.1f} bytes per row on disk) |",
         f"| made | {provenance.created or '-'} on {provenance.device or '-'}, teacher precision {provenance.precision or '-'}, "
         f"{_versions(provenance)} |",
         f"| configuration fingerprint | `{provenance.config_fingerprint or '-'}` |",
+        *_recombined_line(provenance),
         f"| license | {settings.license} |",
         "", "## What the columns hold", "",
         codec.describe(provenance),
@@ -248,6 +255,24 @@ def _inputs_line(provenance: Provenance) -> str:
              f"through `{spec['transform']}`" if spec.get("transform") else ""]
     seen = ", ".join(s for s in steps if s) or "as stored"
     return f"{columns}: the input, copied from the source; the teachers saw it shaped {shape}, {seen}."
+
+
+def _recombined_line(provenance: Provenance) -> list[str]:
+    source = getattr(provenance, "recombined_from", None)
+    if not source:
+        return []
+    changed = ", ".join(f"{k} {v.get('from')} -> {v.get('to')}" if isinstance(v, dict) else str(k)
+                        for k, v in (source.get("changed") or {}).items()) or "nothing"
+    return [f"| recombined from | the set with configuration fingerprint `{source.get('config_fingerprint')}`, "
+            f"members {source.get('members')}; changed: {changed} |"]
+
+
+def _combined(provenance: Provenance) -> str:
+    if provenance.combine == "specialists":
+        special = sum(1 for t in provenance.teachers if "classes" in t)
+        return (f"specialist ensemble: {len(provenance.teachers) - special} generalist(s) and {special} specialist(s) "
+                f"(Hinton et al. 2015, section 5)")
+    return f"{provenance.combine} mean of {len(provenance.teachers)} teacher(s)"
 
 
 def _class_names(provenance: Provenance) -> str:

@@ -3,7 +3,7 @@
 Streaming and cheap: one sequential read per shard for the SHA-256 (about
 1 GB/s here) plus its Parquet footer. A flipped byte shows as a checksum
 mismatch, a truncated or missing file as a size mismatch; both are reported
-by shard name. `drop_bad` deletes the failed shards' records, the manifest and
+by shard name. `drop_bad` deletes the failed shards' records, the card, the manifest and
 the shards (in that order: any kill point is recovered by rerunning a command),
 so that rerunning the same `transferset generate` recomputes exactly those
 shards (the rest are kept) and publishes a new manifest. `duplicate_id` finds a
@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from transferset.errors import UserError
+from transferset.format.card import CARD
 from transferset.format.manifest import JOB, MANIFEST, RECORDS_DIR, Manifest, read_manifest
 from transferset.format.shards import check_shard
 
@@ -49,6 +50,9 @@ def drop_bad(manifest: Manifest, problems: list[ShardProblem]) -> None:
     inside = [p for p in problems if root in (directory / p.shard).resolve().parents]  # read_manifest refuses others
     for p in inside:
         (directory / RECORDS_DIR / Path(p.shard).with_suffix(".json").name).unlink(missing_ok=True)
+    # The card goes with the manifest: its `configs` would let directory-level loaders
+    # (datasets, DuckDB) read the partial set as if it were whole. The rerun writes both again.
+    (directory / CARD).unlink(missing_ok=True)
     (directory / MANIFEST).unlink(missing_ok=True)
     for p in inside:
         (directory / p.shard).unlink(missing_ok=True)

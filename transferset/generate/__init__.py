@@ -87,10 +87,11 @@ def prepare(cfg: GenerateConfig) -> Context | Manifest:
     teachers, weights = setup.load_teachers(cfg, device)
     setup.check_vocabulary(cfg, teachers, sources)
     loaded_specialists = specialists.load(cfg, device)
-    num_classes = setup.probe_num_classes(cfg, teachers, sources[0], device, loaded_specialists)
+    num_classes, positions = setup.probe_num_classes(cfg, teachers, sources[0], device, loaded_specialists)
     codec.check_options(cfg.target_options, num_classes)  # e.g. top-k's K below the classes
-    labelled = setup.labelled_rows(cfg, sources, num_classes)
-    fresh = setup.build_provenance(cfg, sources, teachers, weights, num_classes, labelled, device, config_key, loaded_specialists)
+    labelled = setup.labelled_rows(cfg, sources, num_classes) if positions is None else [0] * len(sources)
+    fresh = setup.build_provenance(cfg, sources, teachers, weights, num_classes, labelled, device, config_key, loaded_specialists,
+                                   positions)
     provenance = setup.recorded_provenance(cfg, fresh, values)
     schema = target_schema(provenance, input_fields)
     return Context(cfg, sources, teachers, weights, device, provenance, schema, codec, loaded_specialists)
@@ -110,8 +111,11 @@ def _publish(cfg: GenerateConfig, context: Context, plans: list[ShardPlan], shar
 
 
 def _update_card(cfg: GenerateConfig, manifest: Manifest) -> None:
-    """A rerun of a complete set with other --card-* flags rewrites its card only
-    (the card is not part of the content, so the set stays as it is)."""
+    """A rerun of a complete set with other --card-* flags rewrites its card only (the
+    card is not part of the content, so the set stays as it is). Without such flags a
+    rerun writes nothing: a set made before cards gets one from `transferset card`."""
+    if cfg.card_license is None and cfg.card_description is None and cfg.card_task is None:
+        return
     current = CardSettings.from_record(manifest.card)
     wanted = current.merged(cfg.card_license, cfg.card_description, cfg.card_task)
     if wanted != current or manifest.card is None:

@@ -31,7 +31,7 @@ from transferset.inputs import TARGET_MASK
 from transferset.io import create_exclusive_json, expand_parquet_paths
 from transferset.labels import check_label_range
 from transferset.progress import say
-from transferset.sources import ShardPlan, SourceFile, check_unique_ids, label_stats, open_source, read_shard_rows
+from transferset.sources import SourceFile, check_unique_ids, label_stats, open_source, read_first_rows
 
 
 @dataclass
@@ -211,11 +211,12 @@ def check_vocabulary(cfg: GenerateConfig, teachers: list, sources: list[SourceFi
                 )
 
 
-def probe_num_classes(cfg: GenerateConfig, teachers, source: SourceFile, device: torch.device, loaded_specialists=()) -> int:
-    """Run the ensemble on the first (at most 4) rows: the number of classes, and a
-    clear error for a teacher (or specialist) that does not fit the inputs."""
-    plan = ShardPlan(0, 0, 0, min(source.rows, 4))
-    _, batch = next(read_shard_rows(source, plan, list(cfg.input_spec.columns), 4))
+def probe_num_classes(cfg: GenerateConfig, teachers, source: SourceFile, device: torch.device,
+                      loaded_specialists=()) -> tuple[int, int | None]:
+    """Run the ensemble on the first (at most 4) rows: the number of classes (the vocabulary
+    for per-token logits), the positions per row when the targets are per token (else None),
+    and a clear error for a teacher (or specialist) that does not fit the inputs."""
+    batch = read_first_rows(source, list(cfg.input_spec.columns), min(source.rows, 4))
     x = {k: v.to(device) for k, v in cfg.input_spec.to_inputs(batch, f"source {source.path!r}").items()}
     shape = tuple(next(iter(x.values())).shape)
     try:
@@ -224,27 +225,28 @@ def probe_num_classes(cfg: GenerateConfig, teachers, source: SourceFile, device:
         raise
     except Exception as error:
         raise UserError(f"a teacher failed on the first input batch of shape {shape} ({first_line(error)}); check --input-shape and the teacher") from None
-    check_output_shape(cfg, teachers, member, shape)
+    per_token = check_output_shape(cfg, teachers, member, shape)
     num_classes = int(member.shape[-1])
     if num_classes < 2:
         raise UserError(f"teachers return {num_classes} class; distillation needs at least 2")
     if cfg.class_names is not None and len(cfg.class_names) != num_classes:
         raise UserError(f"--class-names has {len(cfg.class_names)} names but the teachers predict {num_classes} classes")
     specialists.probe(cfg, list(loaded_specialists), named_inputs(cfg, x), num_classes)
-    return num_classes
+    return num_classes, (shape[1] if per_token else None)
 
 
-def check_output_shape(cfg: GenerateConfig, teachers, member: torch.Tensor, input_shape: tuple) -> None:
-    """Row targets [K, B, C] from row inputs; per-token targets [K, B, L, V] from token inputs, one per position."""
+def check_output_shape(cfg: GenerateConfig, teachers, member: torch.Tensor, input_shape: tuple) -> bool:
+    """Row targets [K, B, C] from any inputs (a sequence classifier's from tokens); per-token
+    targets [K, B, L, V] from token inputs, one per position. Whether they are per token."""
     if cfg.input_spec.tokens and member.ndim == 4 and member.shape[2] == input_shape[1]:
         if cfg.specialists:
             raise UserError("--specialist combines class targets; per-token (language-model) targets take --combine arithmetic or geometric")
         if cfg.keep_teacher_logits:
             raise UserError("--keep-teacher-logits stores every member's [length, vocab] logits per row, too large for "
                             "per-token targets; drop it (recombine works on class targets)")
-        return
+        return True
     if member.ndim == 3:
-        return
+        return False
     raise UserError(f"teacher {teachers[0].name!r} returned {tuple(member.shape[1:])} for a batch of {input_shape[0]}; a teacher must "
                     f"return logits [batch, classes] (or, for the token inputs of a `convert --text` source, [batch, length, vocab] "
                     f"with one position per token)")
@@ -267,7 +269,10 @@ def labelled_rows(cfg: GenerateConfig, sources: list[SourceFile], num_classes: i
 
 
 def build_provenance(cfg: GenerateConfig, sources, teachers, weights, num_classes: int, labelled: list[int],
-                     device: torch.device, config_key: str, loaded_specialists=()) -> Provenance:
+                     device: torch.device, config_key: str, loaded_specialists=(), positions: int | None = None) -> Provenance:
+    """`positions`: L for per-token targets, recorded as `target_options["positions"]` (absent for
+    row targets, so their provenance is as before). The probe decides it from what the same
+    teachers return on the same source, which the resume key already covers."""
     import pyarrow
 
     return Provenance(
@@ -277,7 +282,8 @@ def build_provenance(cfg: GenerateConfig, sources, teachers, weights, num_classe
         sources=[s.describe(n) for s, n in zip(sources, labelled)],
         input=cfg.input_spec.to_dict(), class_names=cfg.class_names, label_column=cfg.label_column, id_column=cfg.id_column,
         teacher_logits_kept=cfg.keep_teacher_logits, shard_rows=cfg.shard_rows, row_group_rows=cfg.row_group_rows,
-        batch_size=cfg.batch_size, precision=cfg.precision, num_writers=cfg.num_writers, target_options=cfg.target_options,
+        batch_size=cfg.batch_size, precision=cfg.precision, num_writers=cfg.num_writers,
+        target_options={**cfg.target_options, **({"positions": positions} if positions else {})},
         extra=cfg.extra, rows=sum(s.rows for s in sources),
         versions={"transferset": __version__, "torch": torch.__version__, "pyarrow": pyarrow.__version__,
                   "numpy": np.__version__, "python": platform.python_version()},

@@ -28,10 +28,11 @@ from transferset.format.manifest import ShardRecord, shard_name
 from transferset.format.schema import ID, LABEL, SOURCE, parquet_options
 from transferset.generate import specialists
 from transferset.generate.setup import Context, named_inputs
+from transferset.format.codecs import sequence_length
 from transferset.inputs import TARGET_MASK
 from transferset.io import write_failure
 from transferset.sources import ShardPlan, SourceFile, read_shard_rows
-from transferset.writer import publish_shard, temp_path
+from transferset.writer import RowGroups, publish_shard, temp_path
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,7 @@ def label_batch(job: ShardJob, first_row: int, batch: pa.RecordBatch, x: dict[st
         ID: _ids(job, batch, first_row),
         SOURCE: pa.array([job.source.path] * batch.num_rows, pa.string()),
         LABEL: batch.column(ctx.cfg.label_column).cast(pa.int32()) if job.source.has_label else pa.nulls(batch.num_rows, pa.int32()),
-        **_encode(ctx, target, member, x.get(TARGET_MASK)),
+        **_encode(ctx, target, member, x.get(TARGET_MASK) if sequence_length(ctx.provenance) else None),
     }
     spec = ctx.cfg.input_spec
     for name in spec.columns:
@@ -100,11 +101,13 @@ def generate_shard(job: ShardJob) -> ShardRecord:
     rows = labelled = 0
     try:
         with pq.ParquetWriter(tmp, ctx.schema, **parquet_options(ctx.schema, ctx.provenance)) as writer:
+            groups = RowGroups(writer, ctx.cfg.row_group_rows)
             for first_row, batch, x in read_batches(job):
                 out = label_batch(job, first_row, batch, x)
-                writer.write_batch(out, row_group_size=ctx.cfg.row_group_rows)
+                groups.add(out)
                 rows += out.num_rows
                 labelled += out.num_rows - out.column(LABEL).null_count
+            groups.close()
         return publish_shard(ctx.cfg.out, tmp, job.plan.index, rows, labelled)
     except BaseException as error:
         tmp.unlink(missing_ok=True)

@@ -148,9 +148,10 @@ def run_teachers(teachers: list[Teacher], inputs: dict[str, torch.Tensor], preci
                                 f"(or use --precision bf16)") from None
             except (RuntimeError, ValueError, TypeError, IndexError) as error:  # the model's own failure, e.g. a guard
                 shapes = ", ".join(str(tuple(v.shape)) for v in inputs.values())
+                hint = ("check that the teacher is a language model of the source's tokenizer (input_ids, attention_mask)"
+                        if "input_ids" in inputs else "check --input-shape/--input-scale and that the teacher takes these inputs")
                 raise UserError(
-                    f"teacher {t.name!r} failed on a batch of shape {shapes} ({type(error).__name__}: {first_line(error)}); "
-                    f"check --input-shape/--input-scale and that the teacher takes these inputs"
+                    f"teacher {t.name!r} failed on a batch of shape {shapes} ({type(error).__name__}: {first_line(error)}); {hint}"
                 ) from None
             if not isinstance(out, torch.Tensor) or out.ndim not in (2, 3) or out.shape[0] != rows:
                 shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__

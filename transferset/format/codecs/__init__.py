@@ -98,9 +98,11 @@ def get_codec(kind: Any, where: str = "transfer set") -> TargetCodec:
 
 
 def sequence_length(provenance: "Provenance") -> int | None:
-    """L for a per-token set (token inputs: one target per position), None for row targets."""
-    spec = provenance.input
-    return int(spec["shape"][0]) if spec.get("tokens") and spec.get("shape") else None
+    """L for a per-token set (language-model teachers on token inputs: one target per
+    position, recorded by generate as `target_options["positions"]`), None for row targets
+    (a sequence classifier's class targets over token inputs included)."""
+    positions = provenance.target_options.get("positions")
+    return positions if isinstance(positions, int) and not isinstance(positions, bool) and positions > 0 else None
 
 
 def refuse_per_token(provenance: "Provenance", where: str, what: str) -> None:

@@ -11,7 +11,7 @@ topk:K
     target_token_ids     fixed_size_list<int32>[K]     most probable first
     target_logprobs      fixed_size_list<f16|f32>[K]   log p(id) at T
     target_tail_logmass  float32                        log(1 - sum of the K), exact
-                                                        (-inf when K = C: no tail)
+                                                        (K < C: K = C is the dense kind)
 sampled:N
     target_token_ids     fixed_size_list<int32>[N]     distinct ids drawn, most often first;
                                                         then the first id again, count 0
@@ -122,13 +122,30 @@ class _Sparse:
                 raise UserError(f"{where}: column {name!r} is missing or not of shape {expected[name]} per row; "
                                 f"the transfer set is damaged, regenerate it")
 
+    option_keys: tuple[str, ...] = ()
+
     def check_options(self, options: dict, num_classes: int) -> None:
-        width = options.get(self.width_key)
-        if not isinstance(width, int) or isinstance(width, bool) or width <= 0:
-            raise UserError(f"--targets {self.kind}: {self.width_key} must be a positive integer, got {width!r}")
+        """Every option the kind has, of its type (options may come from the API, not only
+        from `--targets`, and all of them are fingerprinted)."""
+        unknown = sorted(set(options) - set(self.option_keys))
+        if unknown:
+            raise UserError(f"--targets {self.kind} has no option {unknown[0]!r}; its options are {', '.join(self.option_keys)}")
+        for key in self.option_keys:
+            value = options.get(key)
+            if not isinstance(value, int) or isinstance(value, bool) or (key != "seed" and value <= 0):
+                raise UserError(f"--targets {self.kind}: {key} must be a{' positive' if key != 'seed' else 'n'} integer, got {value!r}")
+        width = options[self.width_key]
         if self.kind == "topk" and width >= num_classes:
             raise UserError(f"--targets topk:{width} keeps every one of the teachers' {num_classes} classes; "
                             f"use a K below {num_classes}, or --targets dense")
+        if self.kind == "sampled" and width > MAX_SAMPLES:
+            raise UserError(f"--targets sampled:{width}: at most {MAX_SAMPLES} draws per row")
+
+    def check_ids(self, ids: np.ndarray, provenance, where: str) -> np.ndarray:
+        """Stored ids as int64, refused when outside [0, C) (an index error in the loss otherwise)."""
+        if ids.size and (ids.min() < 0 or ids.max() >= provenance.num_classes):
+            raise UserError(f"{where}: {IDS} holds ids outside [0, {provenance.num_classes}); the transfer set is damaged, regenerate it")
+        return ids.astype(np.int64)
 
     def describe_members(self, provenance) -> list[str]:
         if not provenance.teacher_logits_kept:
@@ -140,6 +157,7 @@ class _Sparse:
 class TopkCodec(_Sparse):
     kind = "topk"
     width_key = "k"
+    option_keys = ("k",)
 
     def statistics(self, provenance) -> dict:
         """Per row: the top class; the entropy of the stored distribution (the top K and
@@ -182,7 +200,7 @@ class TopkCodec(_Sparse):
         tail = _stacked(table, TAIL, self.positions_dims(provenance), where).astype(np.float32)
         if np.isnan(logprobs).any() or (logprobs > 1e-3).any() or np.isnan(tail).any() or (tail > 1e-3).any():
             raise UserError(f"{where}: top-k log-probabilities are NaN or above 0; the transfer set is damaged, regenerate it")
-        return {"support_ids": _stacked(table, IDS, dims, where).astype(np.int64), "support_weights": np.exp(logprobs),
+        return {"support_ids": self.check_ids(_stacked(table, IDS, dims, where), provenance, where), "support_weights": np.exp(logprobs),
                 "support_logprobs": logprobs, "tail_logmass": tail}
 
     def bytes_per_row(self, provenance) -> float:
@@ -212,6 +230,7 @@ class TopkCodec(_Sparse):
 class SampledCodec(_Sparse):
     kind = "sampled"
     width_key = "n"
+    option_keys = ("n", "seed")
 
     def statistics(self, provenance) -> dict:
         """Per row: the most drawn class, and sum (count / N) * -log p(id), an unbiased
@@ -254,10 +273,13 @@ class SampledCodec(_Sparse):
         n, dims = self.width(provenance), self.dims(provenance)
         counts = _stacked(table, COUNTS, dims, where)
         sums = counts.sum(axis=-1)
-        if (counts < 0).any() or ((sums != n) & (sums != 0)).any():  # 0: a position without a target
+        # A sum of 0 is a position without a target (per-token sets only); anything else is damage.
+        empty_allowed = bool(self.positions_dims(provenance))
+        if (counts < 0).any() or ((sums != n) & ((sums != 0) | (not empty_allowed))).any():
             raise UserError(f"{where}: sample counts do not add up to {n} per position; the transfer set is damaged, regenerate it")
         logprobs = _stacked(table, LOGPROBS, dims, where).astype(np.float32)
-        return {"support_ids": _stacked(table, IDS, dims, where).astype(np.int64), "support_weights": counts.astype(np.float32) / n,
+        return {"support_ids": self.check_ids(_stacked(table, IDS, dims, where), provenance, where),
+                "support_weights": counts.astype(np.float32) / n,
                 "support_logprobs": logprobs, "tail_logmass": np.full(counts.shape[:-1], -np.inf, np.float32)}
 
     def bytes_per_row(self, provenance) -> float:
