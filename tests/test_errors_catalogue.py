@@ -53,6 +53,18 @@ CPU_ONLY = ("generate-device-cuda-missing", "train-precision-fp16-cpu")
 # -- misbehaving user code, named by the rows as test_errors_catalogue:NAME ------------
 
 
+def lm_wrong_vocabulary(num_classes, input_shape):
+    from train.gpt import gpt
+
+    return gpt(num_classes=num_classes + 1, input_shape=input_shape, width=16, layers=1)
+
+
+def lm_not_causal(num_classes, input_shape):
+    import torch
+
+    return torch.nn.Linear(input_shape[0], num_classes)
+
+
 def raising_student(num_classes, input_shape, **kwargs):
     raise RuntimeError("CUDA out of memory (pretend)")
 
@@ -424,6 +436,7 @@ def cases(f: dict[str, Path], o: Path) -> dict[str, list]:
     data = ["train", "--data", f["lab"], *PIXELS, "--epochs", "1", "--student-arg", "hidden=8"]
     transfer = ["train", "--transfer", f["set"], "--epochs", "1", "--student-arg", "hidden=8"]
     tok = ["--tokenizer", f["tokenizer"], "--max-length", "64"]
+    lm = ["train", "--transfer", f["set_tokens"], "--student", "train.students:gpt", "--epochs", "1"]
     return {
         # convert
         "convert-no-input": ["convert", *out],
@@ -602,7 +615,6 @@ def cases(f: dict[str, Path], o: Path) -> dict[str, list]:
         "inspect-missing-shard": ["inspect", f["set_missing_shard"]],
         "inspect-truncated-shard": ["inspect", f["set_truncated"]],
         "inspect-damaged-page": ["inspect", f["set_damaged_page"]],
-        "inspect-per-token": ["inspect", f["set_tokens"]],
         # verify
         "verify-missing": ["verify", o.parent / "no-such-set"],
         "verify-empty-dir": ["verify", f["empty_dir"]],
@@ -706,7 +718,15 @@ def cases(f: dict[str, Path], o: Path) -> dict[str, list]:
         "train-out-is-a-file": [*data, "--out", f["a_file"]],
         "train-out-other-config": [*data, "--epochs", "2", "--out", f["run"]],
         "train-temperature-sparse-targets": ["train", "--transfer", f["set_top3"], "--temperature", "4", *out],
-        "train-transfer-per-token": ["train", "--transfer", f["set_tokens"], *out],
+        "train-class-student-per-token": ["train", "--transfer", f["set_tokens"], *out],
+        "train-tokens-per-batch-short": [*lm, "--tokens-per-batch", "10", *out],
+        "train-tokens-and-batch-size": [*lm, "--tokens-per-batch", "128", "--batch-size", "2", *out],
+        "train-tokens-per-batch-class-set": [*transfer, "--tokens-per-batch", "64", *out],
+        "train-lm-loss-not-for-kind": [*lm, "--loss", "mse", *out],
+        "train-lm-student-vocabulary": ["train", "--transfer", f["set_tokens"], "--student", "test_errors_catalogue:lm_wrong_vocabulary", *out],
+        "train-lm-student-not-causal": ["train", "--transfer", f["set_tokens"], "--student", "test_errors_catalogue:lm_not_causal", *out],
+        "train-hf-student-no-config": ["train", "--transfer", f["set_tokens"], "--student", f"hf:{f['empty_dir']}", *out],
+        "train-gpt-width-heads": [*lm, "--student-arg", "width=30", "--student-arg", "heads=4", *out],
         # eval
         "eval-not-a-run": ["eval", f["not_a_set"], "--data", f["lab"]],
         "eval-unfinished-run": ["eval", f["run_unfinished"], "--data", f["lab"]],

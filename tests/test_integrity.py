@@ -204,7 +204,7 @@ def test_drop_bad_refuses_symlinked_bookkeeping(transfer_set, tmp_path):
     assert (victim / "_manifest.json").exists() and (victim / "part-00001.parquet").exists()
 
 
-@pytest.mark.parametrize("steps_done", [0, 1, 2, 3])
+@pytest.mark.parametrize("steps_done", [0, 1, 2, 3, 4])  # record, card, manifest, shard
 def test_every_kill_point_of_drop_bad_is_recovered_by_rerunning(transfer_set, tmp_path, steps_done, monkeypatch):
     """drop_bad's deletions, cut after each step (as a kill would): rerunning verify --drop-bad
     (or generate, once the manifest is gone) always repairs the set, never loops."""
@@ -227,7 +227,7 @@ def test_every_kill_point_of_drop_bad_is_recovered_by_rerunning(transfer_set, tm
         real_unlink(self, missing_ok=missing_ok)
 
     monkeypatch.setattr(Path, "unlink", unlink)
-    with pytest.raises(KeyboardInterrupt) if steps_done < 3 else _nothing():
+    with pytest.raises(KeyboardInterrupt) if steps_done < 4 else _nothing():
         verify_module.drop_bad(manifest, problems)
     monkeypatch.setattr(Path, "unlink", real_unlink)
     lab = transfer_set.parent / "lab.parquet"

@@ -103,8 +103,9 @@ def test_per_token_sets_are_listed_carded_and_refused_where_not_read_yet(sets, t
     scope = {}
     exec(compile(code, "README.md", "exec"), scope)
     assert tuple(scope["ids"].shape) == (11, 48, 4) and tuple(scope["target_mask"].shape) == (11, 48)
-    for argv, expected in ((["train", "--transfer", sets / "top4", "--out", tmp_path / "run"], "students for per-token sets"),
-                           (["inspect", sets / "top4"], "inspect's per-token statistics are not in this version"),
+    assert 'task_categories:\n- "text-generation"' in (sets / "top4" / "README.md").read_text()
+    for argv, expected in ((["train", "--transfer", sets / "top4", "--out", tmp_path / "run"], "is a class-target student, but this transfer set holds per-token targets"),
+                           (["report", sets / "top4", "--out", tmp_path / "report"], "`transferset report` draws class-target sets only"),
                            (["generate", *LM, "--source", sets / "src.parquet", "--keep-teacher-logits", "--out", tmp_path / "k"],
                             "--keep-teacher-logits stores every member's [length, vocab] logits")):
         refused = run_cli(*argv)
@@ -138,3 +139,27 @@ def test_hugging_face_gpt2_teacher(tmp_path):
             "--quiet", check=True)
     refused = run_cli("generate", "--teacher", f"hf:{model_dir}", "--source", tmp_path / "other.parquet", "--out", tmp_path / "x")
     assert refused.returncode == 2 and "convert the corpus again with --tokenizer" in refused.stderr, refused.stderr
+
+
+def test_a_sequence_classifier_over_tokens_gives_class_targets(tmp_path):
+    """Token inputs do not make a set per-token: what the teachers return does."""
+    pytest.importorskip("transformers")
+    from hf_fixtures import save_model
+    from transformers import GPT2ForSequenceClassification
+
+    model_dir = save_model(tmp_path / "cls", seed=4, classes=3)
+    corpus = write_jsonl(tmp_path / "c.jsonl", [{"text": s} for s in SENTENCES])
+    run_cli("convert", "--text", corpus, "--tokenizer", model_dir, "--max-length", "32", "--truncate", "--out", tmp_path / "src.parquet",
+            "--quiet", check=True)
+    run_cli("generate", "--teacher", f"hf:{model_dir}", "--source", tmp_path / "src.parquet", "--storage-dtype", "float32",
+            "--out", tmp_path / "set", "--quiet", check=True)
+    ids_in, attention, _ = _source(tmp_path)
+    model = GPT2ForSequenceClassification.from_pretrained(model_dir, local_files_only=True).eval()
+    with torch.no_grad():
+        expected = torch.log_softmax(model(input_ids=torch.tensor(ids_in), attention_mask=torch.tensor(attention)).logits, -1)
+    (logits,) = _stored(tmp_path / "set", "logits")
+    assert logits.shape == (len(SENTENCES), 3)
+    np.testing.assert_allclose(torch.log_softmax(torch.tensor(logits), -1), expected, atol=1e-5)
+    summary = run_cli("inspect", tmp_path / "set", "--json", check=True).stdout
+    assert '"num_classes": 3' in summary
+    assert 'task_categories:\n- "text-classification"' in (tmp_path / "set" / "README.md").read_text()

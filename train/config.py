@@ -79,6 +79,9 @@ class TrainConfig:
     """max gradient norm; 0 or None: no clipping"""
     epochs: int = 10
     batch_size: int = 128
+    tokens_per_batch: int | None = None
+    """per-token sets: tokens per optimiser step; a batch is tokens_per_batch // L rows
+    (set by train/data.py into batch_size once L is known)"""
     seed: int = 0
     precision: str = "fp32"
     jitter: int = 0
@@ -116,8 +119,12 @@ class TrainConfig:
             problems.append("--out is required: the run directory")
         from train.losses import SOFT_LOSSES  # the registry (imports torch; validate runs once)
 
-        if self.loss not in SOFT_LOSSES:
-            problems.append(f"unknown --loss {self.loss!r}; use {' or '.join(SOFT_LOSSES)}")
+        from train.lm_losses import DIVERGENCES  # per-token losses (train/lm_losses.py)
+
+        if self.loss not in SOFT_LOSSES and self.loss not in DIVERGENCES:
+            problems.append(f"unknown --loss {self.loss!r}; use {' or '.join(dict.fromkeys([*SOFT_LOSSES, *DIVERGENCES]))}")
+        if self.tokens_per_batch is not None and not self.tokens_per_batch > 0:
+            problems.append(f"--tokens-per-batch must be a positive integer, got {self.tokens_per_batch}")
         if self.optimizer not in OPTIMIZERS:
             problems.append(f"unknown --optimizer {self.optimizer!r}; use {' or '.join(OPTIMIZERS)}")
         if self.precision not in PRECISIONS:
@@ -184,13 +191,19 @@ class TrainConfig:
         return self.weight_decay if self.weight_decay is not None else {"sgd": 0.0, "adamw": 0.01}[self.optimizer]
 
     def check_data(self, *, has_targets: bool, num_labelled: int, combine: str | None, stored_temperature: float | None,
-                   target_kind: str | None = None, kind_losses: tuple[str, ...] = (), temperature_exact: bool = True) -> None:
-        """Checks that need the opened data; all problems in one error."""
+                   target_kind: str | None = None, kind_losses: tuple[str, ...] = (), temperature_exact: bool = True,
+                   per_token: bool = False) -> None:
+        """Checks that need the opened data; all problems in one error. `per_token`: the hard
+        term is next-token cross-entropy, so the set needs no labels."""
         problems = []
         if has_targets and self.loss not in kind_losses:
-            problems.append(f"--loss {self.loss} does not apply to {target_kind} targets; use --loss {' or '.join(kind_losses)}")
+            what = f"per-token {target_kind}" if per_token else target_kind
+            problems.append(f"--loss {self.loss} does not apply to {what} targets; use --loss {' or '.join(kind_losses)}")
+        if self.tokens_per_batch is not None and not per_token:
+            problems.append("--tokens-per-batch applies to per-token (language-model) sets, whose rows are fixed-length token rows; "
+                            "use --batch-size for class targets")
         if has_targets:
-            if self.resolved_alpha < 1 and num_labelled == 0:
+            if self.resolved_alpha < 1 and num_labelled == 0 and not per_token:
                 problems.append(f"--alpha {self.alpha} asks for a hard-label term but the transfer set has no labelled rows; use --alpha 1")
             baked = {"arithmetic": "an arithmetic mean of probabilities", "specialists": "a specialist ensemble's distribution"}
             if combine in baked and self.loss == "mse":  # T baked in, no teacher logits (combine.py)
@@ -235,6 +248,8 @@ class TrainConfig:
         # Paths are not identity (a moved file is the same data): the data's identity
         # (content hashes, sizes) is hashed next to these fields instead.
         d.pop("transfer"), d.pop("data")
+        if d["tokens_per_batch"] is None:
+            d.pop("tokens_per_batch")  # absent, not null: runs from before the flag keep their fingerprint
         if self.transfer is not None:
             d.pop("label_column")  # a transfer set's labels are always its `label` column
         return d

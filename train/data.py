@@ -19,6 +19,7 @@ import torch
 
 from train.config import TrainConfig
 from train.optim import resolve_warmup
+from train.lm_losses import LM_LOSSES
 from train.stream import StreamSource
 from train.world import World
 from transferset.errors import UserError
@@ -45,7 +46,12 @@ class TrainingData:
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        return tuple(self.example.shape[1:])
+        """[*shape] of one row; token rows: (L,), the length the student is built for."""
+        return tuple(self.source.input_spec.shape) if self.per_token else tuple(self.example.shape[1:])
+
+    @property
+    def per_token(self) -> bool:
+        return self.source.per_token
 
     def resolved(self, cfg: TrainConfig) -> dict[str, Any]:
         """The values the run derived from the data and the defaults (config.json's "resolved")."""
@@ -65,6 +71,7 @@ class TrainingData:
             "rows": source.num_rows,
             "labelled_rows": source.num_labelled,
             "steps_per_epoch": self.steps_per_epoch,
+            **({"per_token": True, "batch_size": cfg.batch_size} if self.per_token else {}),  # eval builds a causal LM
             "total_steps": self.total_steps,
             "warmup_steps": self.warmup_steps,
         }
@@ -73,12 +80,19 @@ class TrainingData:
 def open_training_data(cfg: TrainConfig, world: World) -> TrainingData:
     """Open and check everything the run reads; nothing is written yet."""
     source = _open_source(cfg)
+    per_token = source.per_token
+    kind = source.provenance.target_kind if source.codec else None
     cfg.check_data(
         has_targets=source.has_targets, num_labelled=source.num_labelled, combine=source.combine, stored_temperature=source.temperature,
-        target_kind=source.provenance.target_kind if source.codec else None, kind_losses=source.codec.losses if source.codec else (),
-        temperature_exact=source.codec.temperature_exact(source.provenance) if source.codec else True,
+        target_kind=kind, kind_losses=(LM_LOSSES.get(kind, ("kd",)) if per_token else source.codec.losses) if source.codec else (),
+        temperature_exact=source.codec.temperature_exact(source.provenance) if source.codec else True, per_token=per_token,
     )
-    eval_sources = {path: open_eval_data(path, source.input_spec, cfg.eval_label_column, source.num_classes) for path in cfg.eval}
+    if per_token:
+        refuse_class_student(cfg.student)
+    if cfg.tokens_per_batch is not None:
+        cfg.batch_size = rows_per_batch(cfg.tokens_per_batch, source.input_spec.size)
+    eval_sources = {path: open_eval_data(path, source.input_spec, cfg.eval_label_column, source.num_classes, per_token=per_token)
+                    for path in cfg.eval}
     steps_per_epoch = source.num_batches(cfg.batch_size, world)
     total_steps = cfg.epochs * steps_per_epoch
     identity = _data_identity(cfg, source)
@@ -98,15 +112,41 @@ def open_training_data(cfg: TrainConfig, world: World) -> TrainingData:
     )
 
 
-def open_eval_data(path: str, input_spec: InputSpec, label_column: str, num_classes: int, what: str = "--eval") -> StreamSource:
+def open_eval_data(path: str, input_spec: InputSpec, label_column: str, num_classes: int, what: str = "--eval",
+                   per_token: bool = False) -> StreamSource:
     """A transfer-set directory (labels + teacher agreement) or labelled Parquet;
-    `what` names the flag `path` came from in errors."""
+    `what` names the flag `path` came from in errors. A per-token run reads a
+    per-token set (teacher agreement) or a token source (`convert --text`)."""
     if Path(path).is_dir() and (Path(path) / MANIFEST).exists():
         source = StreamSource.open_transfer_set(path)
+        if source.per_token != per_token:
+            have, want = ("per-token", "class") if source.per_token else ("class", "per-token")
+            raise UserError(f"{what} {path} holds {have} targets but the student was trained on {want} targets; evaluate on data of its kind")
+        if per_token and source.input_spec.shape != input_spec.shape:
+            raise UserError(f"{what} {path} has rows of {source.input_spec.size} tokens but the student reads {input_spec.size}; "
+                            f"convert the text again with --max-length {input_spec.size}")
         if source.num_classes != num_classes:
-            raise UserError(f"eval transfer set {path} has {source.num_classes} classes but the student has {num_classes}; evaluate on data with the same classes")
+            noun = "tokens in its vocabulary" if per_token else "classes"
+            raise UserError(f"eval transfer set {path} has {source.num_classes} {noun} but the student has {num_classes}; evaluate on data with the same {noun}")
         return source
+    if per_token:
+        return StreamSource.open_tokens([path], input_spec, what=what)
     return StreamSource.open_labelled([path], input_spec, label_column, num_classes, what=what)
+
+
+def rows_per_batch(tokens_per_batch: int, length: int) -> int:
+    """--tokens-per-batch N over rows of L tokens: N // L rows (whole rows only)."""
+    if tokens_per_batch < length:
+        raise UserError(f"--tokens-per-batch {tokens_per_batch} is less than one row of this set ({length} tokens); "
+                        f"give at least {length} (a batch is N // {length} rows)")
+    return tokens_per_batch // length
+
+
+def refuse_class_student(spec: str) -> None:
+    """The built-in class-target students cannot read token rows: say so before building one."""
+    if spec in ("train.students:mlp", "train.students:cnn"):
+        raise UserError(f"--student {spec} is a class-target student, but this transfer set holds per-token targets (a language model's); "
+                        f"use --student train.students:gpt or hf:DIR")
 
 
 def _open_source(cfg: TrainConfig) -> StreamSource:
@@ -135,6 +175,10 @@ def _verify_transfer_set(directory: str) -> None:
 def _example_inputs(source: StreamSource, seed: int) -> torch.Tensor:
     """Zeros of the input shape; read one batch only when a --transform decides the shape."""
     spec = source.input_spec
+    if source.per_token:  # token rows [2, 3, L]: token 0 everywhere, every position real
+        example = torch.zeros(2, 3, spec.size, dtype=torch.int64)
+        example[:, 1] = 1
+        return example
     if spec.transform is None:
         return torch.zeros(2, *spec.shape)
     # Keep the transform's dtype (token ids stay integers): the student's output

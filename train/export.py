@@ -69,6 +69,28 @@ def export_program(model: torch.nn.Module, example: torch.Tensor, out: Path, inp
     return path
 
 
+def export_lm_program(model: torch.nn.Module, example: torch.Tensor, out: Path) -> Path:
+    """A causal-LM student as a program of (input_ids, attention_mask), int64 [B, L] each,
+    -> logits [B, L, V], with a dynamic batch dimension (L is fixed: the set's length).
+    `example`: token rows [2, 3, L] (train/data.py). The archive carries the token InputSpec."""
+    student = copy.deepcopy(model).to("cpu").eval()
+    example = example[:2].detach().to("cpu")
+    args = (example[:, 0].contiguous(), example[:, 1].contiguous())
+    batch = torch.export.Dim("batch", min=1)
+    try:
+        program = torch.export.export(student, args, dynamic_shapes=({0: batch}, {0: batch}))
+    except Exception as error:
+        raise UserError(
+            f"the student trained and {out / STATE_DICT} is saved, but torch.export failed ({first_line(error)}); "
+            f"make the student's forward exportable (no data-dependent Python control flow)"
+        ) from None
+    spec = _resolved_input(out)
+    extra = {INPUT_SPEC_FILE: json.dumps(spec, sort_keys=True)} if spec else None
+    path = out / PROGRAM
+    atomic_write(path, lambda f: torch.export.save(program, f, extra_files=extra))  # a file object: see export_program
+    return path
+
+
 def _resolved_input(out: Path) -> dict | None:
     """The input spec in `out/config.json` (written before training starts)."""
     try:

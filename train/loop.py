@@ -35,7 +35,8 @@ from train import health
 from train.checkpoint import CHECKPOINTS, CONFIG, METRICS
 from train.config import TrainConfig
 from train.data import TrainingData, open_training_data
-from train.export import export_program, save_state_dict
+from train.export import export_lm_program, export_program, save_state_dict
+from train.lm_losses import lm_distillation_loss
 from train.losses import distillation_loss
 from train.metrics import EpochTable, MetricsLog, evaluate_sources
 from train.state import Position, TrainState, build_state
@@ -73,7 +74,7 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
     # -- 3 before 2. model, optimiser, schedule: built before the run directory is touched,
     # so that a student that cannot be built leaves nothing that refuses the corrected command
     state = build_state(cfg, num_classes=data.num_classes, input_shape=data.input_shape, total_steps=data.total_steps,
-                        warmup_steps=data.warmup_steps, device=world.device, checkpoint=None)
+                        warmup_steps=data.warmup_steps, device=world.device, checkpoint=None, per_token=data.per_token)
 
     # -- 2. run directory: claim it, fingerprint, then start / resume / refuse ------------------
     fingerprint = cfg.fingerprint(data.identity)
@@ -107,7 +108,10 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
 
     # -- 5. outputs ---------------------------------------------------------------------
     save_state_dict(state.model, out)
-    export_program(state.model, data.example, out)
+    if data.per_token:
+        export_lm_program(state.model, data.example, out)
+    else:
+        export_program(state.model, data.example, out)
     config_doc = json.loads((out / CONFIG).read_text())
     atomic_write_json(out / CONFIG, {**config_doc, "finished": True, "final": record})
     say(f"student saved to {out}/student.pt and {out}/student.pt2", cfg.quiet)
@@ -172,8 +176,11 @@ def train_step(state: TrainState, batch: Batch, cfg: TrainConfig, temperature: f
         x = jitter_images(x, cfg.jitter, _step_generator(cfg.seed, state.pos.step))
     autocast_dtype = AUTOCAST_DTYPES.get(cfg.precision)
     with torch.autocast(state.device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext():
-        logits = model(x)  # [B, C]; the losses cast to float32
-    loss, parts = distillation_loss(logits, batch.targets, batch.labels, alpha=cfg.resolved_alpha, temperature=temperature, kind=cfg.loss)
+        logits = model(batch.input_ids, batch.attention_mask) if batch.tokens else model(x)  # [B, C] ([B, L, V]); losses cast to float32
+    if batch.tokens:
+        loss, parts = lm_distillation_loss(logits, batch.targets, batch.inputs, alpha=cfg.resolved_alpha, temperature=temperature, kind=cfg.loss)
+    else:
+        loss, parts = distillation_loss(logits, batch.targets, batch.labels, alpha=cfg.resolved_alpha, temperature=temperature, kind=cfg.loss)
     optimizer.zero_grad(set_to_none=True)
     if scaler is not None:
         scaler.scale(loss).backward()
@@ -203,8 +210,14 @@ def train_step(state: TrainState, batch: Batch, cfg: TrainConfig, temperature: f
 def _add_health_sums(sums: dict[str, Any], logits: torch.Tensor, batch: Batch, cfg: TrainConfig, temperature: float) -> None:
     """What train/health.py compares the epoch with: the loss all-zero logits would
     score on this batch, and the argmax hits and class counts on its labelled rows.
-    Device tensors only, no host sync; one extra loss on [B, C] zeros per step."""
+    Device tensors only, no host sync; one extra loss on [B, C] zeros per step.
+    Token rows: the baseline only (their rows carry no class labels)."""
     with torch.no_grad():
+        if batch.tokens:
+            constant, _ = lm_distillation_loss(torch.zeros_like(logits, dtype=torch.float32), batch.targets, batch.inputs,
+                                               alpha=cfg.resolved_alpha, temperature=temperature, kind=cfg.loss)
+            sums["baseline"] += constant.double() * batch.labels.shape[0]
+            return
         constant, _ = distillation_loss(torch.zeros_like(logits, dtype=torch.float32), batch.targets, batch.labels,
                                         alpha=cfg.resolved_alpha, temperature=temperature, kind=cfg.loss)
         sums["baseline"] += constant.double() * batch.labels.shape[0]

@@ -121,21 +121,30 @@ def evaluate(
     class_bias: torch.Tensor | None = None,
     where: str = "eval data",
 ) -> dict[str, Any]:
-    """Run `model` (in eval mode, float32) over `batches` of `train.stream.Batch`."""
+    """Run `model` (in eval mode, float32) over `batches` of `train.stream.Batch`.
+    Token rows (a causal-LM student) are scored per token (train/lm_metrics.py)."""
+    from train.lm_metrics import TokenEvalAccumulator
+
     was_training = model.training
     model.eval()
-    acc = EvalAccumulator(num_classes, device, where)
+    acc = None
     bias = class_bias.to(device) if class_bias is not None else None
     try:
         for batch in batches:
             batch = batch.to(device, non_blocking=device.type == "cuda")
+            if getattr(batch, "tokens", False):  # token rows (train.stream.Batch)
+                acc = acc or TokenEvalAccumulator(device)
+                logits = model(batch.input_ids, batch.attention_mask).float()  # [B, L, V]
+                acc.update(logits + bias if bias is not None else logits, batch.inputs, batch.teacher_top1)
+                continue
+            acc = acc or EvalAccumulator(num_classes, device, where)
             logits = model(batch.inputs).float()  # [B, C]
             if bias is not None:
                 logits = logits + bias
             acc.update(logits, batch.labels, batch.teacher_top1)
     finally:
         model.train(was_training)
-    return acc.result()
+    return (acc or EvalAccumulator(num_classes, device, where)).result()
 
 
 def evaluate_sources(model: torch.nn.Module, sources: dict, *, batch_size: int, num_classes: int, world: World) -> dict[str, Any]:
@@ -237,6 +246,7 @@ EVAL_COLUMNS = (
     ("nll", "nll", "{:.4f}", 7),
     ("ece", "ece", "{:.4f}", 6),
     ("agreement", "agree", "{:.4f}", 6),
+    ("perplexity", "ppl", "{:.2f}", 7),  # token rows (train/lm_metrics.py)
 )
 SPEED_COLUMN = ("rows_per_s", "rows/s", "{:,.0f}", 9)
 
@@ -313,6 +323,8 @@ def summary_lines(record: dict[str, Any], out: Path) -> list[str]:
         parts = [f"{m['rows']:,} rows"]
         if m.get("labelled"):
             parts += [f"accuracy {m['accuracy']:.4f}", f"errors {m['errors']:,}", f"nll {m['nll']:.4f}", f"ece {m['ece']:.4f}"]
+        if "perplexity" in m:
+            parts += [f"{m['positions']:,} target tokens", f"nll {m['nll']:.4f}/token", f"perplexity {m['perplexity']:.2f}"]
         if "agreement" in m:
             parts.append(f"agreement {m['agreement']:.4f}")
         lines.append(f"  {names[path]}: " + ", ".join(parts))

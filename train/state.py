@@ -20,6 +20,7 @@ import torch
 from train import checkpoint as ckpt
 from train.config import TrainConfig
 from train.optim import build_optimizer, build_scheduler
+from train.lm_students import build_lm_student
 from train.students import build_student
 from transferset.errors import UserError
 
@@ -76,11 +77,15 @@ class TrainState:
 
 
 def build_state(cfg: TrainConfig, *, num_classes: int, input_shape: tuple[int, ...], total_steps: int, warmup_steps: int,
-                device: torch.device, checkpoint: dict[str, Any] | None) -> TrainState:
+                device: torch.device, checkpoint: dict[str, Any] | None, per_token: bool = False) -> TrainState:
     """Seed, build the student, optimiser, schedule and scaler; restore them (and the
-    RNGs) from `checkpoint` when resuming. The model is left in train mode."""
+    RNGs) from `checkpoint` when resuming. The model is left in train mode. `per_token`:
+    a causal LM over num_classes tokens and input_shape[0] positions (train/lm_students.py)."""
     seed_everything(cfg.seed)
-    model = build_student(cfg.student, cfg.student_args, num_classes, input_shape).to(device)
+    if per_token:
+        model = build_lm_student(cfg.student, cfg.student_args, num_classes, input_shape[0]).to(device)
+    else:
+        model = build_student(cfg.student, cfg.student_args, num_classes, input_shape).to(device)
     optimizer = build_optimizer(model, cfg.optimizer, lr=cfg.resolved_lr, momentum=cfg.momentum, weight_decay=cfg.resolved_weight_decay)
     scheduler = build_scheduler(optimizer, total_steps=total_steps, warmup_steps=warmup_steps, min_lr_ratio=cfg.min_lr_ratio)
     scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None

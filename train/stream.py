@@ -30,7 +30,7 @@ from train.labelled import scan_labelled
 from train.window import RowGroup, Rows, WindowData, extra_value, open_parquet, read_window
 from train.world import SINGLE_PROCESS, World
 from transferset.errors import UserError
-from transferset.format.codecs import TargetCodec, get_codec, refuse_per_token
+from transferset.format.codecs import TargetCodec, get_codec, sequence_length
 from transferset.format.manifest import read_manifest
 from transferset.format.provenance import Provenance
 from transferset.format.schema import LABEL
@@ -49,13 +49,24 @@ DEFAULT_WINDOW_BYTES = 256 << 20
 
 @dataclass
 class Batch:
-    inputs: torch.Tensor  # float32 [B, *input_shape]
+    inputs: torch.Tensor  # float32 [B, *input_shape]; token rows: int64 [B, 3, L] (ids, attention, target mask)
     labels: torch.Tensor  # int64 [B], -1 where the row has no label
-    targets: dict[str, torch.Tensor] | None  # the codec's decoded targets, [B, ...] each; None for plain labelled data
+    targets: dict[str, torch.Tensor] | None  # the codec's decoded targets, [B, ...] each ([B, L, ...] per token); None for plain data
     extra: dict[str, Any] = field(default_factory=dict)  # columns_extra: tensors, or lists of str
+    tokens: bool = False  # token rows (a per-token set or a token source): a causal-LM student reads them
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
+
+    @property
+    def input_ids(self) -> torch.Tensor:
+        """int64 [B, L] (token rows only)."""
+        return self.inputs[:, 0]
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        """int64 [B, L], 1 = a real token (token rows only)."""
+        return self.inputs[:, 1]
 
     @property
     def target_logits(self) -> torch.Tensor | None:
@@ -64,19 +75,19 @@ class Batch:
 
     @property
     def teacher_top1(self) -> torch.Tensor | None:
-        """int64 [B]: the teachers' most probable class (dense: the argmax; sparse kinds
-        store their support most probable, or most drawn, first), else None."""
+        """int64 [B] ([B, L] per token): the teachers' most probable class (dense: the argmax;
+        sparse kinds store their support most probable, or most drawn, first), else None."""
         if self.targets is None:
             return None
         if "target_logits" in self.targets:
             return self.targets["target_logits"].argmax(dim=-1)
         ids = self.targets.get("support_ids")
-        return None if ids is None else ids[:, 0].long()
+        return None if ids is None else ids[..., 0].long()  # per token: [B, L]
 
     def to(self, device, non_blocking: bool = False) -> "Batch":
         move = lambda t: t.to(device, non_blocking=non_blocking) if isinstance(t, torch.Tensor) else t  # noqa: E731
         targets = None if self.targets is None else {k: move(v) for k, v in self.targets.items()}
-        return Batch(move(self.inputs), move(self.labels), targets, {k: move(v) for k, v in self.extra.items()})
+        return Batch(move(self.inputs), move(self.labels), targets, {k: move(v) for k, v in self.extra.items()}, self.tokens)
 
     def pin_memory(self) -> "Batch":
         """Page-locked copies, for fast non_blocking copies to CUDA (a no-op without CUDA)."""
@@ -84,7 +95,7 @@ class Batch:
             return self
         pin = lambda t: t.pin_memory() if isinstance(t, torch.Tensor) else t  # noqa: E731
         targets = None if self.targets is None else {k: pin(v) for k, v in self.targets.items()}
-        return Batch(pin(self.inputs), pin(self.labels), targets, {k: pin(v) for k, v in self.extra.items()})
+        return Batch(pin(self.inputs), pin(self.labels), targets, {k: pin(v) for k, v in self.extra.items()}, self.tokens)
 
 
 class StreamSource:
@@ -93,7 +104,7 @@ class StreamSource:
 
     def __init__(self, *, row_groups: list[RowGroup], input_spec: InputSpec, label_column: str, num_classes: int,
                  num_labelled: int, provenance: Provenance | None, columns: frozenset[str], window_rows: int | None,
-                 window_bytes: int) -> None:
+                 window_bytes: int, per_token: bool = False) -> None:
         self._row_groups = [g for g in row_groups if g.rows > 0]
         self.num_rows = sum(g.rows for g in self._row_groups)
         if self.num_rows == 0:
@@ -101,6 +112,8 @@ class StreamSource:
         if (window_rows is not None and window_rows < 1) or window_bytes < 1:
             raise UserError(f"the shuffle window ({counted(window_rows, 'row')}, {counted(window_bytes, 'byte')}) must be positive")
         self.input_spec = input_spec
+        # token rows for a causal-LM student: a per-token set, or a token source read for one
+        self.per_token = per_token
         self.num_classes = num_classes
         self.num_labelled = num_labelled
         self.provenance = provenance  # None for plain labelled data
@@ -113,8 +126,9 @@ class StreamSource:
             self._window = max(1, window_rows // max(g.rows for g in self._row_groups))
         else:
             row_bytes = 8 + (self.codec.decoded_bytes_per_row(provenance) if self.codec else 0)  # int64 label, decoded targets
-            if input_spec.transform is None:  # float32 inputs
-                sizes = [g.rows * (row_bytes + 4 * input_spec.size) for g in self._row_groups]
+            if input_spec.transform is None:  # float32 inputs (token rows: 3 x L int64)
+                input_bytes = 24 * input_spec.size if per_token else 4 * input_spec.size
+                sizes = [g.rows * (row_bytes + input_bytes) for g in self._row_groups]
             else:  # inputs kept as Arrow until the transform: count the stored row group
                 sizes = [g.nbytes + g.rows * row_bytes for g in self._row_groups]
             self._window = max(1, window_bytes // max(sizes))
@@ -145,9 +159,6 @@ class StreamSource:
         provenance = manifest.provenance
         spec = InputSpec.from_dict(provenance.input)
         codec = get_codec(provenance.target_kind, str(directory))
-        refuse_per_token(provenance, f"transfer set {str(directory)!r}",
-                         "students for per-token sets (causal language models) are not in this version yet; "
-                         "read its columns with any Parquet reader (docs/format.md)")
         num_classes = manifest.num_classes
         row_groups, columns = [], None
         for record, path in zip(manifest.shards, manifest.shard_paths()):
@@ -167,7 +178,7 @@ class StreamSource:
                            for i in range(pf.num_row_groups)]
         return cls(row_groups=row_groups, input_spec=spec, label_column=LABEL, num_classes=num_classes,
                    num_labelled=sum(s.labelled_rows for s in manifest.shards), provenance=provenance, columns=frozenset(columns),
-                   window_rows=window_rows, window_bytes=window_bytes)
+                   window_rows=window_rows, window_bytes=window_bytes, per_token=sequence_length(provenance) is not None)
 
     @classmethod
     def open_labelled(cls, paths: list[str], input_spec: InputSpec, label_column: str, num_classes: int | None = None,
@@ -177,6 +188,22 @@ class StreamSource:
         found = scan_labelled(paths, input_spec, label_column, num_classes, what)
         return cls(row_groups=found.row_groups, input_spec=input_spec, label_column=label_column, num_classes=found.num_classes,
                    num_labelled=found.num_labelled, provenance=None, columns=found.columns, window_rows=window_rows, window_bytes=window_bytes)
+
+    @classmethod
+    def open_tokens(cls, paths: list[str], input_spec: InputSpec, *, what: str = "--data") -> "StreamSource":
+        """A token source (`convert --text`, no teacher targets): rows of token ids and masks,
+        no labels (the next-token labels come from input_ids)."""
+        from transferset.io import expand_parquet_paths
+
+        row_groups, columns = [], None
+        for path in expand_parquet_paths(list(paths), what):
+            pf = open_parquet(str(path))
+            input_spec.check_field(pf.schema_arrow, str(path))
+            columns = set(pf.schema_arrow.names) if columns is None else columns & set(pf.schema_arrow.names)
+            row_groups += [RowGroup(str(path), i, pf.metadata.row_group(i).num_rows, pf.metadata.row_group(i).total_byte_size)
+                           for i in range(pf.num_row_groups)]
+        return cls(row_groups=row_groups, input_spec=input_spec, label_column=None, num_classes=0, num_labelled=0, provenance=None,
+                   columns=frozenset(columns or ()), window_rows=None, window_bytes=DEFAULT_WINDOW_BYTES, per_token=True)
 
     # -- the epoch ----------------------------------------------------------
 
@@ -261,12 +288,12 @@ class StreamSource:
     def _load(self, window: order.Window, extra: tuple) -> WindowData:
         """One window's data as tensors (window.py), read with this source's columns."""
         return read_window(window, extra, row_groups=self._row_groups, input_spec=self.input_spec, label_column=self._label_column,
-                           codec=self.codec, provenance=self.provenance, num_classes=self.num_classes)
+                           codec=self.codec, provenance=self.provenance, num_classes=self.num_classes, token_rows=self.per_token)
 
     def _assemble(self, parts: list[Rows], extra: tuple) -> Batch:
         rows = parts[0] if len(parts) == 1 else Rows.concat(parts)
         inputs = rows.inputs if rows.inputs is not None else self.input_spec.to_tensor(rows.input_table, where="input")
-        return Batch(inputs, rows.labels, rows.targets, {name: extra_value(rows.extra.column(name)) for name in extra})
+        return Batch(inputs, rows.labels, rows.targets, {name: extra_value(rows.extra.column(name)) for name in extra}, self.per_token)
 
 
 class StreamDataset(torch.utils.data.IterableDataset):

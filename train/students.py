@@ -9,6 +9,8 @@ The trainer always passes `num_classes` and `input_shape` as keywords; every
                          784-800-800-10 student): Flatten, hidden ReLU layers.
     train.students:cnn   a small conv net: [conv3x3 -> ReLU -> maxpool2] per
                          entry of `channels`, then one hidden layer.
+    train.students:gpt   a small causal LM for per-token sets (train/gpt.py;
+                         built and checked by train/lm_students.py).
 
 Regularisation comes through student args (`dropout`, `input_dropout`) and
 through `--jitter N` (random shifts of up to N pixels, `jitter_images` below),
@@ -24,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from train.gpt import gpt  # noqa: F401  (the built-in causal-LM student, train.students:gpt)
 from transferset.errors import UserError, first_line
 from transferset.inputs import load_callable
 
@@ -134,6 +137,13 @@ def _scalar(text: str) -> Any:
 
 def build_student(spec: str, student_args: dict[str, Any], num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
     """Call the factory and check that it maps [B, *input_shape] to [B, num_classes]."""
+    model = build_factory(spec, student_args, num_classes, input_shape)
+    check_output_size(model, spec, num_classes, input_shape)
+    return model
+
+
+def build_factory(spec: str, student_args: dict[str, Any], num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
+    """Call the factory `spec` with the trainer's keywords and `student_args`; an nn.Module or one line."""
     factory = load_callable(spec, "--student")
     _check_keywords(factory, spec, student_args)
     try:
@@ -149,7 +159,6 @@ def build_student(spec: str, student_args: dict[str, Any], num_classes: int, inp
         ) from None
     if not isinstance(model, nn.Module):
         raise UserError(f"--student {spec} returned {type(model).__name__}, not a torch.nn.Module; make the factory return the model")
-    check_output_size(model, spec, num_classes, input_shape)
     return model
 
 

@@ -7,7 +7,8 @@ them; this module does the reading and the conversion. For each window the reade
   opened with `pre_buffer=False`: the default pre-buffering holds about the whole
   file in memory, measurements on these machines);
 * converts each row group once into the window's tensors: inputs with the set's
-  `InputSpec` (the conversion the teachers saw) to float32 [rows, *shape], target
+  `InputSpec` (the conversion the teachers saw) to float32 [rows, *shape] (token
+  inputs: int64 [rows, 3, L], `pack_tokens`), target
   targets through the set's codec (`codec.decode`, then float32 in `put_targets`), labels int64 [rows] (-1 = none);
 * then gives a batch's rows by `index_select` (`WindowData.take`), which costs what
   indexing tensors already in memory costs.
@@ -55,13 +56,14 @@ def open_parquet(path: str) -> pq.ParquetFile:
 
 
 def read_window(window: order.Window, extra: tuple, *, row_groups: list[RowGroup], input_spec: InputSpec, label_column: str,
-                codec: "TargetCodec | None", provenance: "Provenance | None", num_classes: int) -> "WindowData":
+                codec: "TargetCodec | None", provenance: "Provenance | None", num_classes: int, token_rows: bool = False) -> "WindowData":
     """Read a window's row groups (indices into `row_groups`) one at a time and convert
     each straight into the window's tensors (peak: the window plus one row group in
-    Arrow form). `codec` None: plain labelled data, no targets."""
+    Arrow form). `codec` None: plain labelled data, no targets. `token_rows`: inputs as
+    `pack_tokens` (for a causal-LM student); `label_column` None: no labels (-1)."""
     spec = input_spec
     target_columns = codec.decode_columns(provenance) if codec else []
-    names = list(dict.fromkeys([*spec.columns, label_column, *target_columns, *extra]))
+    names = list(dict.fromkeys([*spec.columns, *([label_column] if label_column else []), *target_columns, *extra]))
     data = WindowData(window.rows)
     input_tables, extra_tables, files, offset = [], [], {}, 0
     for g in window.row_groups:
@@ -76,13 +78,17 @@ def read_window(window: order.Window, extra: tuple, *, row_groups: list[RowGroup
         rows = slice(offset, offset + ref.rows)
         # Written through NumPy views: Arrow's buffers are read-only, and the assignment
         # is the one copy (and the one float16 -> float32 conversion) these columns get.
-        data.labels.numpy()[rows] = _labels(table.column(label_column), label_column, num_classes, ref.path)
+        if label_column is None:  # a token source without labels (eval --data of a per-token run)
+            data.labels[rows] = -1
+        else:
+            data.labels.numpy()[rows] = _labels(table.column(label_column), label_column, num_classes, ref.path)
         if codec:
             data.put_targets(rows, codec.decode(table.select(target_columns), provenance, ref.path))
         if spec.transform is None:
             # The InputSpec conversion, once per row group instead of once per batch:
             # batches then cost an index_select, as for data already in memory.
-            data.put_inputs(rows, spec.to_tensor(table, where=f"{ref.path} row group {ref.index}"))
+            where = f"{ref.path} row group {ref.index}"
+            data.put_inputs(rows, pack_tokens(spec, table, where) if token_rows else spec.to_tensor(table, where=where))
         else:
             input_tables.append(table.select(list(spec.columns)))
         if extra:
@@ -94,6 +100,14 @@ def read_window(window: order.Window, extra: tuple, *, row_groups: list[RowGroup
     if extra_tables:
         data.extra_table = pa.concat_tables(extra_tables).combine_chunks()
     return data
+
+
+def pack_tokens(spec: InputSpec, table: pa.Table, where: str) -> torch.Tensor:
+    """Token inputs packed as one int64 [rows, 3, L] tensor: input_ids, attention_mask,
+    target_mask (0/1). One tensor, so that a window's rows are gathered by the same
+    index_select as every other input (train/stream.py Batch.input_ids etc. unpack it)."""
+    named = spec.to_inputs(table, where)
+    return torch.stack([named[name].long() for name in spec.columns], dim=1)
 
 
 def _labels(column: pa.ChunkedArray, label_column: str, num_classes: int, path: str) -> np.ndarray:

@@ -16,7 +16,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from transferset.errors import UserError, first_line
-from transferset.format.codecs import get_codec, refuse_per_token
+from transferset.format.codecs import get_codec, sequence_length
 from transferset.format.manifest import Manifest, read_manifest
 from transferset.format.schema import LABEL, SOURCE, TEACHER_LOGITS
 from transferset.format.shards import check_shard, check_shards_match
@@ -42,11 +42,12 @@ def summarize(directory: str) -> dict[str, Any]:
     import polars as pl
 
     manifest = read_manifest(directory)
-    refuse_per_token(manifest.provenance, f"transfer set {str(directory)!r}",
-                     "inspect's per-token statistics are not in this version yet: `transferset verify` checks it, "
-                     "`transferset ls` describes it")
     check_shards_match(manifest)
     check_shards_intact(manifest)
+    if sequence_length(manifest.provenance) is not None:  # per-token targets: their own streamed summary
+        from transferset.inspect_tokens import summarize_tokens
+
+        return summarize_tokens(manifest, str(directory))
     prov = manifest.provenance
     files = [str(p) for p in manifest.shard_paths()]
     frame = pl.scan_parquet(files)

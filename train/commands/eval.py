@@ -1,7 +1,9 @@
 """`transferset eval RUN --data X`: evaluate a trained student at T = 1.
 
 The run's config.json says how to build the student and how to read inputs, so
-no input flags are needed:
+no input flags are needed. A causal-LM student (a per-token run) is scored per
+token on a token source or a per-token set (train/lm_metrics.py: nll, perplexity,
+next-token accuracy, top-1 agreement with the teachers):
 
     transferset eval runs/student-mlp --data mnist-test.parquet
     transferset eval runs/student-mlp --data mnist-test.parquet --class-bias 3=3.5 --json
@@ -61,7 +63,13 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"{run_dir} has no {STATE_DICT}: its training has not finished; rerun the same `transferset train` to finish it")
     bias = parse_class_bias(args.class_bias, num_classes, resolved.get("class_names"))
 
-    model = build_student(student, student_args, num_classes, input_shape)
+    per_token = bool(resolved.get("per_token"))
+    if per_token:  # a causal-LM student of a per-token set (train/lm_students.py)
+        from train.lm_students import build_lm_student
+
+        model = build_lm_student(student, student_args, num_classes, input_shape[0])
+    else:
+        model = build_student(student, student_args, num_classes, input_shape)
 
     def damaged(error: BaseException) -> str:  # truncated, not a torch file, or a pickle of other objects
         return (f"{run_dir / STATE_DICT} cannot be read ({type(error).__name__}); it is damaged: "
@@ -81,7 +89,8 @@ def run(args: argparse.Namespace) -> int:
     device = World.detect(args.device).device
     model.to(device)
 
-    source = open_eval_data(args.data, InputSpec.from_dict(input_dict), args.label_column or label_column, num_classes, what="--data")
+    source = open_eval_data(args.data, InputSpec.from_dict(input_dict), args.label_column or label_column, num_classes, what="--data",
+                            per_token=per_token)
     batches = source.epoch(batch_size=args.batch_size, seed=0, epoch=0, shuffle=False)
     metrics = evaluate(model, batches, num_classes=num_classes, device=device, class_bias=bias, where=args.data)
     result = {
@@ -99,6 +108,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print_human(result: dict) -> None:
+    if "positions" in result:  # token rows: per-token metrics (train/lm_metrics.py)
+        lines = [f"{result['run']} on {result['data']}: {result['rows']:,} rows, {result['positions']:,} target tokens"]
+        if result["positions"]:
+            lines.append(f"  nll {result['nll']:.4f} nats/token  perplexity {result['perplexity']:.2f}  "
+                         f"next-token accuracy {result['token_accuracy']:.4f}")
+        if "agreement" in result:
+            lines.append(f"  top-1 agreement with the teachers: {result['agreement']:.4f}")
+        print("\n".join(lines))
+        return
     lines = [f"{result['run']} on {result['data']}: {result['rows']:,} rows, {result['labelled']:,} labelled"]
     if result.get("labelled"):
         lines.append(

@@ -33,7 +33,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="factory keyword, e.g. hidden=800,800 or dropout=0.5 (repeatable; ints, floats, true/false, comma lists)")
 
     g = p.add_argument_group("loss")
-    g.add_argument("--loss", default="kd", metavar="kd|mse", help="kd: T^2 KL(p_T || q_T) (default); mse: logit matching, geometric targets only")
+    g.add_argument("--loss", default="kd", metavar="kd|mse|reverse-kl|jsd",
+                   help="kd: T^2 KL(p_T || q_T) (default); mse: logit matching, geometric targets only; "
+                        "reverse-kl, jsd: per-token dense or top-k sets (docs/lm.md)")
     g.add_argument("--alpha", type=float, metavar="A", help="soft-term weight; 1 - alpha weights hard CE on labelled rows (default: 1)")
     g.add_argument("--temperature", "-T", type=float, metavar="T", help="distillation temperature (default: the transfer set's; may differ only for geometric targets)")
 
@@ -49,7 +51,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--grad-clip", type=float, default=DEFAULT_GRAD_CLIP, metavar="NORM",
                    help=f"clip the gradient norm to this; 0: no clipping (default: {DEFAULT_GRAD_CLIP})")
     g.add_argument("--epochs", type=int, default=10, metavar="N", help="passes over the data (default: 10)")
-    g.add_argument("--batch-size", type=int, default=128, metavar="B", help="rows per optimiser step (default: 128)")
+    g.add_argument("--batch-size", type=int, metavar="B", help="rows per optimiser step (default: 128)")
+    g.add_argument("--tokens-per-batch", type=int, metavar="N",
+                   help="per-token sets: tokens per optimiser step, N // L rows of L tokens (instead of --batch-size)")
     g.add_argument("--seed", type=int, default=0, metavar="S", help="seeds the init, the batch order, dropout and jitter (default: 0)")
     g.add_argument("--jitter", type=int, default=0, metavar="N", help="random shifts of up to N pixels of image inputs (default: 0, off)")
 
@@ -90,6 +94,10 @@ def run(args: argparse.Namespace) -> int:
         ("--input-mean", args.input_mean), ("--input-std", args.input_std), ("--transform", args.transform),
     ) if value is not None}
     input_spec = None
+    if args.tokens_per_batch is not None and args.batch_size is not None:
+        from transferset.errors import UserError
+
+        raise UserError("give --batch-size (rows) or --tokens-per-batch (tokens), not both")
     if args.data and args.transfer is None and args.input_shape is None and args.transform is None:
         from transferset.errors import UserError
 
@@ -118,7 +126,8 @@ def run(args: argparse.Namespace) -> int:
         min_lr_ratio=args.min_lr_ratio,
         grad_clip=args.grad_clip,
         epochs=args.epochs,
-        batch_size=args.batch_size,
+        batch_size=128 if args.batch_size is None else args.batch_size,
+        tokens_per_batch=args.tokens_per_batch,
         seed=args.seed,
         precision=args.precision,
         jitter=args.jitter,

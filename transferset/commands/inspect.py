@@ -23,15 +23,23 @@ def _kind(s: dict) -> str:
     return s["target_kind"] + (f":{width}" if width is not None else "")
 
 
+def _combined(s: dict) -> str:
+    return "specialist ensemble" if s["combine"] == "specialists" else f"{s['combine']} mean"
+
+
 def tables(s: dict) -> list[tuple[str, list[str] | None, list[list[str]]]]:
     """The summary as (title, column names or None for a key/value table, rows of text):
     printed by this command, and shown as HTML by `transferset report`."""
+    if s.get("per_token"):  # a language-model set (transferset/inspect_tokens.py)
+        from transferset.inspect_tokens import tables as token_tables
+
+        return token_tables(s)
     from transferset.progress import counted
 
     head = [
         ["rows", f"{s['rows']:,} ({s['labelled_rows']:,} labelled, {s['unlabelled_rows']:,} unlabelled)"],
         ["classes", f"{s['num_classes']}" + (f": {', '.join(s['class_names'])}" if s["class_names"] else "")],
-        ["targets", f"{_kind(s)}: {s['combine']} mean at T = {s['temperature']:g}, stored as {s['storage_dtype']}"],
+        ["targets", f"{_kind(s)}: {_combined(s)} at T = {s['temperature']:g}, stored as {s['storage_dtype']}"],
         ["on disk", f"{s['bytes'] / 1e6:.2f} MB in {counted(s['shards'], 'shard')}, {s['bytes_per_row']:.1f} B/row"],
         ["ensemble accuracy", f"{_pct(s['ensemble_accuracy'])} on labelled rows"],
         ["mean entropy", f"{s['mean_entropy_nats']:.4f} nats (max {s['max_entropy_nats']:.4f}) at T = {s['temperature']:g}"],

@@ -1,0 +1,151 @@
+"""Per-token losses for causal-LM students, all in float32 log space.
+
+Shapes: B rows, L positions, V vocabulary, S support slots.
+    logits          float32 [B, L, V] the student's logits (cast up if autocast made them bf16)
+    tokens          int64 [B, 3, L]   input_ids, attention_mask, target_mask (Batch.inputs of a per-token set)
+    targets         the codec's decoded per-token targets:
+                    dense   {"target_logits": [B, L, V]}
+                    support {"support_ids", "support_weights", "support_logprobs": [B, L, S], "tail_logmass": [B, L]}
+
+Masks: only positions with target_mask = 1 count (position t holds the teachers'
+distribution of token t + 1). Every term is the mean over the target positions
+of the whole batch, not a mean of per-row means, so a row with 3 targets weighs 3
+positions, like a row with 30 weighs 30. A batch without target positions has
+loss 0 (graph kept). The student's logits are first gathered at the target
+positions ([N, V], N = target positions), so padding and prompt positions never
+reach a log-softmax. Copies of [N, V] per step: the gather, the log-softmax (dense)
+or log-sum-exp, and for a support's tail one scatter of -inf (the exact tail; see
+docs/lm.md for measured costs). Not vocabulary-chunked.
+
+Soft terms at temperature T, scaled by T^2 (Hinton et al.; see train/losses.py):
+    kd          forward KL(p_T || q_T): dense over V; top-k over the K ids plus one
+                tail bucket (exact KL between the two distributions coarsened to
+                K + 1 buckets); sampled: sum (count / N) (log p - log q), unbiased.
+    reverse-kl  KL(q_T || p_T), dense or top-k (coarsened, exact); log p floored at
+                LOG_P_FLOOR so that a stored probability of 0 costs a finite amount.
+    jsd         Jensen-Shannon divergence 1/2 KL(p || m) + 1/2 KL(q || m), m = (p + q) / 2,
+                dense or top-k (coarsened, exact).
+Sampled targets feed `kd` only: reverse KL and JSD need p at the student's own
+draws, which a sample of the teachers does not hold.
+
+Hard term (1 - alpha): next-token cross-entropy at T = 1 on the target positions,
+label at t = input_ids[t + 1].
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+
+LOG_P_FLOOR = -100.0  # log p below this (p = 0, e.g. a float16 underflow) counts as this in reverse KL / JSD
+
+
+def _f32(x: torch.Tensor) -> torch.Tensor:
+    return x if x.dtype == torch.float64 else x.float()
+
+
+def _at_t(x: torch.Tensor, temperature: float) -> torch.Tensor:
+    """x / T, without a copy of [N, V] at T = 1."""
+    return x if temperature == 1 else x / temperature
+
+
+def target_positions(tokens: torch.Tensor) -> torch.Tensor:
+    """bool [B, L]: positions with a target whose next token is in the row (never the last)."""
+    mask = tokens[:, 2] != 0
+    mask[:, -1] = False  # position L-1 predicts a token beyond the row
+    return mask
+
+
+def next_tokens(tokens: torch.Tensor) -> torch.Tensor:
+    """int64 [B, L]: input_ids shifted left by one (the label of position t); 0 at L-1."""
+    ids = tokens[:, 0]
+    return torch.cat([ids[:, 1:], torch.zeros_like(ids[:, :1])], dim=1)
+
+
+# -- per-position divergences on [N, V] or bucketed [N, S+1] log-probabilities ----------
+
+
+def _forward_kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """[N]: sum p (log p - log q), with p log p = 0 where p = 0."""
+    p = log_p.exp()
+    return torch.where(p > 0, p * (log_p - log_q), torch.zeros_like(log_q)).sum(-1)
+
+
+def _reverse_kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """[N]: sum q (log q - max(log p, floor)), with q log q = 0 where q = 0."""
+    q = log_q.exp()
+    return torch.where(q > 0, q * (log_q - log_p.clamp(min=LOG_P_FLOOR)), torch.zeros_like(log_q)).sum(-1)
+
+
+def _jsd(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """[N]: 1/2 KL(p || m) + 1/2 KL(q || m), m = (p + q) / 2 as a log-add-exp."""
+    log_m = torch.logaddexp(log_p, log_q) - math.log(2.0)
+    return 0.5 * _forward_kl(log_p, log_m) + 0.5 * _forward_kl(log_q, log_m)
+
+
+DIVERGENCES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "kd": _forward_kl, "reverse-kl": _reverse_kl, "jsd": _jsd}
+
+# Which per-token target kinds feed which --loss (sampled: kd only, see the docstring).
+LM_LOSSES: dict[str, tuple[str, ...]] = {"dense": ("kd", "reverse-kl", "jsd"), "topk": ("kd", "reverse-kl", "jsd"), "sampled": ("kd",)}
+
+
+def _support_log_q(s: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The student's log q at the support ids [N, S] and of every other id together [N]
+    (a log-sum-exp over the ids outside the support; -inf when the support is all of V)."""
+    log_z = torch.logsumexp(s, dim=-1, keepdim=True)  # [N, 1]
+    log_q = torch.gather(s, -1, ids) - log_z  # [N, S]
+    log_q_tail = torch.logsumexp(s.scatter(-1, ids, float("-inf")), dim=-1) - log_z.squeeze(-1)  # [N]
+    return log_q, log_q_tail
+
+
+def position_divergence(s: torch.Tensor, targets: dict[str, torch.Tensor], temperature: float, kind: str) -> torch.Tensor:
+    """[N]: the divergence `kind` at each target position. s: student logits [N, V];
+    targets: the decoded targets gathered at the same N positions."""
+    s = _at_t(_f32(s), temperature)
+    if "target_logits" in targets:
+        log_p = torch.log_softmax(_at_t(_f32(targets["target_logits"]).to(s.dtype), temperature), dim=-1)
+        return DIVERGENCES[kind](log_p, torch.log_softmax(s, dim=-1))
+    ids = targets["support_ids"].long()
+    weights, lp = targets["support_weights"].to(s.dtype), targets["support_logprobs"].to(s.dtype)
+    tail = targets["tail_logmass"].to(s.dtype)  # -inf: no tail bucket (sampled, or K = V)
+    log_q, log_q_tail = _support_log_q(s, ids)
+    if kind == "kd":  # weights: p (top-k) or count / N (sampled): the unbiased form for samples
+        support = torch.where(weights > 0, weights * (lp - log_q), torch.zeros_like(log_q)).sum(-1)
+        tail_term = torch.where(torch.isfinite(tail), tail.exp() * (tail - log_q_tail), torch.zeros_like(tail))
+        return support + tail_term
+    # top-k: the two distributions coarsened to K ids + one tail bucket, exactly
+    return DIVERGENCES[kind](torch.cat([lp, tail[:, None]], -1), torch.cat([log_q, log_q_tail[:, None]], -1))
+
+
+def token_soft_loss(logits: torch.Tensor, targets: dict[str, torch.Tensor], tokens: torch.Tensor, temperature: float,
+                    kind: str = "kd") -> torch.Tensor:
+    """T^2 * mean over the batch's target positions of `kind`; a scalar (0 without targets)."""
+    mask = target_positions(tokens)
+    if not bool(mask.any()):
+        return _f32(logits).sum() * 0.0
+    picked = {name: value[mask] for name, value in targets.items()}  # [N, ...]
+    return temperature**2 * position_divergence(logits[mask], picked, temperature, kind).mean()
+
+
+def next_token_ce(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy (T = 1) of input_ids[t + 1] at the target positions t; a scalar."""
+    mask = target_positions(tokens)
+    if not bool(mask.any()):
+        return _f32(logits).sum() * 0.0
+    return torch.nn.functional.cross_entropy(_f32(logits[mask]), next_tokens(tokens)[mask], reduction="mean")
+
+
+def lm_distillation_loss(logits: torch.Tensor, targets: dict[str, torch.Tensor] | None, tokens: torch.Tensor, *, alpha: float,
+                         temperature: float, kind: str = "kd") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """alpha * soft + (1 - alpha) * hard, as train.losses.distillation_loss but per token;
+    a term of weight 0 is not computed. Without targets: the hard term alone."""
+    zero = _f32(logits).sum() * 0.0
+    if targets is None:
+        hard = next_token_ce(logits, tokens)
+        return hard, {"soft": zero.detach(), "hard": hard.detach()}
+    soft = token_soft_loss(logits, targets, tokens, temperature, kind) if alpha > 0 else zero
+    hard = next_token_ce(logits, tokens) if alpha < 1 else zero
+    return alpha * soft + (1.0 - alpha) * hard, {"soft": soft.detach(), "hard": hard.detach()}
