@@ -579,6 +579,9 @@ def cases(f: dict[str, Path], o: Path) -> dict[str, list]:
         "generate-hf-teacher-vocab-size": ["generate", "--teacher", f"hf:{f['hf_padded']}", "--source", f["lab"], *PIXELS, *out],
         "generate-hf-teacher-architecture": ["generate", "--teacher", f"hf:{f['hf_base']}", "--source", f["lab"], *PIXELS, *out],
         "generate-tokens-keep-teacher-logits": ["generate", "--teacher", "teacher_models:tiny_lm_a", "--source", f["token_source"], "--keep-teacher-logits", *out],
+        "generate-max-tokens-and-batch-size": ["generate", "--teacher", "teacher_models:tiny_lm_a", "--source", f["token_source"], "--max-tokens-per-batch", "640", "--batch-size", "4", *out],
+        "generate-max-tokens-not-tokens": ["generate", *gen, "--max-tokens-per-batch", "640", *out],
+        "generate-max-tokens-below-a-row": ["generate", "--teacher", "teacher_models:tiny_lm_a", "--source", f["token_source"], "--max-tokens-per-batch", "10", *out],
         # recombine
         "recombine-members-out-of-range": ["recombine", f["set"], "--members", "0,1", *out],
         "recombine-members-empty": ["recombine", f["set"], "--members", "", *out],

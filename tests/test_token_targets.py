@@ -163,3 +163,16 @@ def test_a_sequence_classifier_over_tokens_gives_class_targets(tmp_path):
     summary = run_cli("inspect", tmp_path / "set", "--json", check=True).stdout
     assert '"num_classes": 3' in summary
     assert 'task_categories:\n- "text-classification"' in (tmp_path / "set" / "README.md").read_text()
+
+
+def test_batches_by_token_budget(sets, tmp_path):
+    import json
+
+    run_cli("generate", *LM, "--source", sets / "src.parquet", "--targets", "topk:4", "--combine", "arithmetic", "-T", "2",
+            "--storage-dtype", "float32", "--max-tokens-per-batch", "150", "--out", tmp_path / "budget", "--quiet", check=True)
+    manifest = json.loads((tmp_path / "budget" / "_manifest.json").read_text())
+    assert manifest["provenance"]["batch_size"] == 3  # 150 // 48 tokens per row
+    a = _stored(tmp_path / "budget", "target_token_ids", "target_logprobs")
+    b = _stored(sets / "top4", "target_token_ids", "target_logprobs")  # made with --batch-size 3
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)

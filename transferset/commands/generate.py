@@ -90,7 +90,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     g.add_argument("--precision", default="fp32", help="teacher precision: fp32, bf16 or fp16 (CUDA); targets are always combined in float32 (default: fp32)")
     add_threads_flag(g)
-    g.add_argument("--batch-size", type=int, default=1024, help="rows per teacher batch (default: 1024)")
+    g.add_argument("--batch-size", type=int, help="rows per teacher batch (default: 1024)")
+    g.add_argument("--max-tokens-per-batch", type=int, metavar="N",
+                   help="for a token source: rows per teacher batch by token budget, N // (tokens per row)")
     g.add_argument("--shard-rows", type=int, default=131072, help="rows per Parquet shard (default: 131072)")
     g.add_argument("--row-group-rows", type=int, default=32768, help="rows per Parquet row group (default: 32768)")
     g.add_argument("--engine", default="local", help="who runs the shard jobs: local (this process; default)")
@@ -101,6 +103,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("writers")
     g.add_argument("--writer-index", type=int, default=0, help="this writer's index, for several independent writers (default: 0)")
     g.add_argument("--num-writers", type=int, default=1, help="how many independent writers share the shards (default: 1)")
+
+
+def _batch_rows(args: argparse.Namespace, spec) -> int:
+    """--batch-size rows, or --max-tokens-per-batch tokens of a token source's fixed-length rows."""
+    from transferset.errors import UserError
+
+    if args.max_tokens_per_batch is None:
+        return args.batch_size if args.batch_size is not None else 1024
+    if args.batch_size is not None:
+        raise UserError("give --batch-size (rows) or --max-tokens-per-batch (tokens), not both")
+    if not spec.tokens:
+        raise UserError("--max-tokens-per-batch applies to token sources (`convert --text`); use --batch-size for other inputs")
+    length = spec.shape[0]
+    if args.max_tokens_per_batch < length:
+        raise UserError(f"--max-tokens-per-batch {args.max_tokens_per_batch} is less than one row of the source ({length} tokens); "
+                        f"give at least {length}")
+    return args.max_tokens_per_batch // length
 
 
 def _token_inputs(args: argparse.Namespace):
@@ -145,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
         storage_dtype=args.storage_dtype,
         keep_teacher_logits=args.keep_teacher_logits,
         class_names=args.class_names.split(",") if args.class_names else None,
-        batch_size=args.batch_size,
+        batch_size=_batch_rows(args, spec),
         shard_rows=args.shard_rows,
         row_group_rows=args.row_group_rows,
         device=args.device,
