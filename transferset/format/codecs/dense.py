@@ -93,7 +93,8 @@ def members_column(members, provenance) -> pa.FixedSizeListArray:
     return pa.FixedSizeListArray.from_arrays(inner, k)
 
 
-def _sizes(kind: pa.DataType) -> list[int]:
+def list_sizes(kind: pa.DataType) -> list[int]:
+    """The sizes of a nested fixed-size list type, outermost first."""
     sizes = []
     while pa.types.is_fixed_size_list(kind):
         sizes.append(kind.list_size)
@@ -157,7 +158,7 @@ class DenseCodec:
     def check_schema(self, schema: pa.Schema, provenance, where: str) -> None:
         logits = schema.field(LOGITS) if LOGITS in schema.names else None
         expected = nested_type(_ARROW_TYPES[provenance.storage_dtype], target_dims(provenance, provenance.num_classes))
-        if logits is None or not pa.types.is_fixed_size_list(logits.type) or _sizes(logits.type) != _sizes(expected):
+        if logits is None or not pa.types.is_fixed_size_list(logits.type) or list_sizes(logits.type) != list_sizes(expected):
             raise UserError(f"{where}: column {LOGITS!r} is missing or not {provenance.num_classes} values per row; the transfer set is damaged, regenerate it")
 
     def bytes_per_row(self, provenance) -> float:

@@ -33,8 +33,8 @@ import pyarrow as pa
 
 from transferset.errors import UserError
 from transferset.format.codecs import register
-from transferset.format.codecs.dense import (TEACHER_LOGITS, fixed_floats, leaf_values, members_column, members_field,
-                                             nested, nested_type, only_positions, target_dims)
+from transferset.format.codecs.dense import (TEACHER_LOGITS, fixed_floats, leaf_values, list_sizes, members_column,
+                                             members_field, nested, nested_type, only_positions, target_dims)
 
 IDS, LOGPROBS, TAIL, COUNTS = "target_token_ids", "target_logprobs", "target_tail_logmass", "target_counts"
 _FLOATS = {"float16": pa.float16(), "float32": pa.float32()}
@@ -55,12 +55,6 @@ def _stacked(table: pa.Table, name: str, dims: tuple[int, ...], where: str) -> n
     return values.reshape(-1, *dims)
 
 
-def _sizes(kind: pa.DataType) -> list[int]:
-    sizes = []
-    while pa.types.is_fixed_size_list(kind):
-        sizes.append(kind.list_size)
-        kind = kind.value_type
-    return sizes
 
 
 def _parse_count(kind: str, text: str | None, what: str) -> int:
@@ -115,10 +109,10 @@ class _Sparse:
         return (self.width(provenance) * (8 + 4 + 4) + 4) * self.positions(provenance)
 
     def check_schema(self, schema: pa.Schema, provenance, where: str) -> None:
-        expected = {f.name: _sizes(f.type) for f in self.arrow_fields(provenance)}
+        expected = {f.name: list_sizes(f.type) for f in self.arrow_fields(provenance)}
         for name in self.decode_columns(provenance):
             field = schema.field(name) if name in schema.names else None
-            if field is None or _sizes(field.type) != expected[name]:
+            if field is None or list_sizes(field.type) != expected[name]:
                 raise UserError(f"{where}: column {name!r} is missing or not of shape {expected[name]} per row; "
                                 f"the transfer set is damaged, regenerate it")
 
