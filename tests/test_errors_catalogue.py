@@ -594,6 +594,7 @@ def cases(f: dict[str, Path], o: Path) -> dict[str, list]:
         "recombine-out-not-a-set": ["recombine", f["set_unl"], "-T", "3", "--out", f["existing_out"]],
         "recombine-out-other-set": ["recombine", f["set_unl"], "-T", "3", "--out", f["set_7_classes"]],
         "recombine-out-is-source": ["recombine", f["set_unl"], "-T", "3", "--out", f["set_unl"]],
+        "recombine-sparse-set": ["recombine", f["set_top3"], "-T", "3", *out],
         # report
         "report-no-out": ["report", f["set"]],
         "report-not-a-set": ["report", f["not_a_set"], *out],
@@ -604,6 +605,7 @@ def cases(f: dict[str, Path], o: Path) -> dict[str, list]:
         "report-out-below-a-file": ["report", f["set"], "--out", f["a_file"] / "report"],
         "report-matplotlib-missing": ["report", f["set"], *out],  # with MISSING_MODULES
         "report-per-token": ["report", f["set_tokens"], *out],
+        "report-sparse-set": ["report", f["set_top3"], *out],
         # inspect
         "inspect-missing": ["inspect", o.parent / "no-such-set"],
         "inspect-a-file": ["inspect", f["lab"]],

@@ -97,6 +97,10 @@ def summarize_tokens(manifest: Manifest, directory: str) -> dict[str, Any]:
     }
 
 
+def _entropy_note(kind: str) -> str:
+    return {"topk": "; of the top k plus one tail bucket, a lower bound", "sampled": "; an unbiased estimate from the draws"}.get(kind, "")
+
+
 def tables(s: dict) -> list[tuple[str, list[str] | None, list[list[str]]]]:
     """The per-token summary as `transferset inspect` prints it (its `tables` contract)."""
     from transferset.progress import counted
@@ -106,12 +110,13 @@ def tables(s: dict) -> list[tuple[str, list[str] | None, list[list[str]]]]:
     kind = s["target_kind"] + (f":{width}" if width is not None else "")
     pct = lambda x: "-" if x is None else f"{100 * x:.2f}%"  # noqa: E731
     head = [
-        ["rows", f"{s['rows']:,} of {s['sequence_length']} positions: {s['tokens']:,} tokens, {s['target_positions']:,} target positions"],
+        ["rows", f"{counted(s['rows'], 'row')} of {s['sequence_length']} positions: {s['tokens']:,} tokens, {s['target_positions']:,} target positions"],
         ["vocabulary", f"{s['num_classes']:,} tokens"],
         ["targets", f"{kind} per token: {s['combine']} mean at T = {s['temperature']:g}, stored as {s['storage_dtype']}"],
         ["on disk", f"{s['bytes'] / 1e6:.2f} MB in {counted(s['shards'], 'shard')}, {s['bytes_per_token']:.1f} B/token"],
         ["mean entropy", "-" if s["mean_entropy_nats"] is None else
-         f"{s['mean_entropy_nats']:.4f} nats per target position (max {s['max_entropy_nats']:.4f}) at T = {s['temperature']:g}"],
+         f"{s['mean_entropy_nats']:.4f} nats per target position (max {s['max_entropy_nats']:.4f}) at T = {s['temperature']:g}"
+         + _entropy_note(s["target_kind"])],
         *([["mean tail mass", f"{s['mean_tail_mass']:.3g} (the probability outside the stored top k)"]]
           if s.get("mean_tail_mass") is not None else []),
         ["teacher top-1 = next token", f"{pct(s['teacher_top1_next_token'])} of target positions"],
