@@ -20,6 +20,8 @@ def test_demo_runs_every_stage_and_distillation_helps(tmp_path):
     assert rows["student, distilled"]["accuracy"] > rows["student, hard labels only"]["accuracy"]
     assert set(result["seconds"]) == {"train teachers", "generate", "train students", "evaluate"}
     assert (out / "transfer" / "_manifest.json").exists() and (out / "logs").is_dir()
+    logs = sorted((out / "logs").iterdir())  # each stage's log starts with the command it ran
+    assert logs and all(p.read_text().startswith("$ transferset ") for p in logs)
 
 
 def test_demo_checks_its_flags_before_touching_its_directory(tmp_path):

@@ -97,7 +97,7 @@ def test_dense_and_sampled_per_token(sets):
 
 def test_per_token_sets_are_listed_carded_and_refused_where_not_read_yet(sets, tmp_path, monkeypatch):
     listed = run_cli("ls", sets, check=True).stdout
-    assert "topk" in listed and "300 classes" in listed
+    assert "topk" in listed and "300 tokens x 48 positions" in listed
     code = re.search(r"```python\n(.*?)```", (sets / "top4" / "README.md").read_text(), re.S).group(1)
     monkeypatch.chdir(sets)
     scope = {}

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from transferset.errors import UserError
+from transferset.format.codecs import sequence_length
 from transferset.format.manifest import JOB, MANIFEST, RECORDS_DIR, read_manifest, read_shard_records
 from transferset.format.provenance import Provenance
 from transferset.ownership import DISCARD
@@ -44,6 +45,7 @@ class SetEntry:
     combine: str | None = None
     teachers: list[str] = field(default_factory=list)
     bytes: int = 0  # every file in the directory
+    positions: int | None = None  # per-token sets: positions per row (num_classes is then the vocabulary)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -122,7 +124,7 @@ def _entry(directory: Path, status: str, provenance: Provenance, size: int) -> S
     return SetEntry(
         str(directory), status, target_kind=provenance.target_kind, rows=provenance.rows,
         num_classes=provenance.num_classes, temperature=provenance.temperature, combine=provenance.combine,
-        teachers=[str(t.get("name")) for t in provenance.teachers], bytes=size,
+        teachers=[str(t.get("name")) for t in provenance.teachers], bytes=size, positions=sequence_length(provenance),
     )
 
 

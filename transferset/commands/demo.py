@@ -119,8 +119,8 @@ def _split_rows(data: Path, n: int, out: Path, labelled_rows: int, test_rows: in
 
 
 class _Stages:
-    """Runs `transferset ARGV --quiet` in this process as one demo stage: its stderr
-    to a numbered log under `logs`, its time added to `seconds[name]`."""
+    """Runs `transferset ARGV --quiet` in this process as one demo stage: the command and
+    its stderr to a numbered log under `logs`, its time added to `seconds[name]`."""
 
     def __init__(self, logs: Path) -> None:
         logs.mkdir()
@@ -129,6 +129,7 @@ class _Stages:
 
     def run(self, name: str, argv: list[str]) -> None:
         import contextlib
+        import shlex
         import time
 
         from transferset.commands.main import main
@@ -137,6 +138,9 @@ class _Stages:
         log = self.logs / f"{len(list(self.logs.iterdir())):02d}-{argv[0]}.log"
         started = time.perf_counter()
         with open(log, "w") as f, contextlib.redirect_stderr(f):
+            # The command first, so the log says what ran even when the stage printed nothing.
+            f.write("$ " + shlex.join(["transferset", *argv, "--quiet"]) + "\n")
+            f.flush()
             try:
                 code = main(argv + ["--quiet"])
             except SystemExit as exit:  # argparse refusing a stage's flags

@@ -42,5 +42,6 @@ def _cells(e) -> list[str]:
         rows = f"{e.rows:,} rows" if e.status == "complete" else f"{e.rows_written:,}/{e.rows:,} rows"
     teachers = f"{len(e.teachers)} teacher{'s' if len(e.teachers) != 1 else ''} ({', '.join(e.teachers)})"
     last = teachers if e.status == "complete" else f"{teachers}: {e.problem}"
-    return [e.status, e.path, e.target_kind, rows, f"{e.num_classes} classes", f"T={e.temperature:g}", e.combine,
+    width = f"{e.num_classes} classes" if e.positions is None else f"{e.num_classes} tokens x {e.positions} positions"
+    return [e.status, e.path, e.target_kind, rows, width, f"T={e.temperature:g}", e.combine,
             human_bytes(e.bytes), last]
