@@ -31,6 +31,27 @@ def run_cli(*args, cwd=None, check=False, timeout=300):
     return proc
 
 
+def run_in_process(*args, check=False):
+    """`transferset ARGS` in this process, answering like run_cli (returncode, stdout,
+    stderr): for tests that run many commands, where a fresh interpreter per command
+    would cost ~2 s of imports each. Keep one run_cli per feature, as a user runs it."""
+    import contextlib
+    import io
+    from types import SimpleNamespace
+
+    import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = cli.main([str(a) for a in args])
+        except SystemExit as stop:
+            code = stop.code
+    if check and code != 0:
+        raise AssertionError(f"transferset {' '.join(map(str, args))} failed ({code}):\n{err.getvalue()}")
+    return SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
+
+
 def shared_dataset(path: Path) -> Path:
     """A file from ../shared/datasets. CI always has shared/ beside the clone, so there a
     missing file fails the test loudly; elsewhere (a clone on its own) the test skips,

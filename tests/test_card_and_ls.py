@@ -12,27 +12,9 @@ import pyarrow.dataset as ds
 import pytest
 import yaml
 
-from conftest import run_cli as run_subprocess, write_pixels_source
-
-
-def run_cli(*argv, check=False):
-    """The CLI in this process (as run_cli answers; a fresh interpreter per command costs ~2 s
-    of imports). The `ls` and `card` tests below still run one command each as a user does."""
-    import contextlib
-    import io
-    from types import SimpleNamespace
-
-    import cli
-
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = cli.main([str(a) for a in argv])
-        except SystemExit as stop:
-            code = stop.code
-    if check and code != 0:
-        raise AssertionError(f"transferset {' '.join(map(str, argv))} failed ({code}):\n{err.getvalue()}")
-    return SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
+from conftest import run_cli as run_subprocess
+from conftest import run_in_process as run_cli  # many commands: in-process; ls and card run once each as a user does
+from conftest import write_pixels_source
 from transferset.format.manifest import read_manifest
 
 BASE = ["--input-column", "pixels", "--input-shape", "1,8,8", "--input-scale", "1/16", "--input-mean", "0.5",

@@ -200,7 +200,7 @@ def test_train_and_eval_a_gpt_student_end_to_end(lm, tmp_path):
     program = torch.export.load(str(out / "student.pt2")).module()
     ids = torch.randint(0, V, (3, L))
     model = gpt(num_classes=V, input_shape=(L,), width=32, layers=2)
-    model.load_state_dict(torch.load(out / "student.pt"))
+    model.load_state_dict(torch.load(out / "student.pt", weights_only=True))
     assert torch.allclose(program(ids, torch.ones_like(ids)), model.eval()(ids, torch.ones_like(ids)), atol=1e-5)
 
 
@@ -213,7 +213,7 @@ def test_mid_epoch_resume_is_bit_identical(lm, tmp_path):
     assert ckpt.load_checkpoint(checkpoint)["position"] == {"epoch": 1, "batch_in_epoch": 2, "step": 6}
     resumed = tmp_path / "resumed"
     assert _train(lm, resumed, "--epochs", "2", "--checkpoint-every", "2", "--loss", "jsd", "--resume", str(checkpoint)) == 0
-    want, got = torch.load(full / "student.pt"), torch.load(resumed / "student.pt")
+    want, got = torch.load(full / "student.pt", weights_only=True), torch.load(resumed / "student.pt", weights_only=True)
     assert all(torch.equal(want[k], got[k]) for k in want)
 
 

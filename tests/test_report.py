@@ -8,7 +8,6 @@ targets their geometric mean (the mean logit), stored in float16 or float32.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
@@ -22,7 +21,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import cli
+from conftest import run_in_process
+
 from transferset.format import schema
 from transferset.format.codecs.dense import fixed_floats, storage_numpy_dtype
 from transferset.format.manifest import ShardRecord, read_manifest, shard_name, write_manifest
@@ -194,13 +194,8 @@ def test_targets_in_log_space_survive_minus_infinity():
 
 
 def _report(*argv) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = cli.main([str(a) for a in argv])
-        except SystemExit as stop:
-            code = stop.code
-    return code, out.getvalue(), err.getvalue()
+    done = run_in_process(*argv)
+    return done.returncode, done.stdout, done.stderr
 
 
 def _pngs_in(page: str) -> list[bytes]:

@@ -9,23 +9,15 @@ import pyarrow.dataset as ds
 import pytest
 import torch
 
-from conftest import run_cli, write_pixels_source
+from conftest import run_cli, run_in_process, write_pixels_source
 
 
 def _main(*argv) -> tuple[int, str]:
     """The CLI in this process (a fresh interpreter per command costs ~2 s of imports)."""
-    import contextlib
-    import io
+    done = run_in_process(*argv)
+    return done.returncode, done.stderr
 
-    import cli
 
-    err = io.StringIO()
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
-        try:
-            code = cli.main([str(a) for a in argv])
-        except SystemExit as stop:
-            code = stop.code
-    return code, err.getvalue()
 from train.losses import kd_loss, sparse_kl_loss
 from transferset.sparsify import sample_counts, topk_with_tail
 

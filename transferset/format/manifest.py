@@ -79,6 +79,15 @@ class Manifest:
         return [self.directory / s.path for s in self.shards]
 
 
+def read_job(directory: Path) -> dict:
+    """`_job.json` as a dict ({} when missing or damaged: then it matches no configuration)."""
+    try:
+        recorded = json.loads((directory / JOB).read_text())
+    except (ValueError, RecursionError, OSError):
+        return {}
+    return recorded if isinstance(recorded, dict) else {}
+
+
 def write_shard_record(directory: Path, record: ShardRecord) -> None:
     with reporting_write_errors(directory / RECORDS_DIR):
         (directory / RECORDS_DIR).mkdir(exist_ok=True)

@@ -23,7 +23,7 @@ from transferset import teachers as teacher_lib
 from transferset.combine import normalised_weights
 from transferset.errors import UserError, first_line
 from transferset.format.codecs import TargetCodec, get_codec
-from transferset.format.manifest import JOB, MANIFEST, Manifest, read_manifest
+from transferset.format.manifest import JOB, MANIFEST, Manifest, read_job, read_manifest
 from transferset.format.provenance import Provenance, fingerprint
 from transferset.generate import specialists
 from transferset.generate.config import GenerateConfig
@@ -153,7 +153,7 @@ def prepare_out(cfg: GenerateConfig, values: dict) -> Manifest | None:
     if [p for p in ownership.entries(out) if not (p.name.startswith(".") and ".tmp-" in p.name)]:
         if not job.exists():
             raise UserError(f"--out {str(out)!r} exists and is not a transfer set; choose another directory (it is never deleted)")
-        recorded = _read_job(job)
+        recorded = read_job(job.parent)
         if recorded.get("config_fingerprint") != config_key:
             if not cfg.overwrite:
                 raise different_configuration(out, recorded.get("fingerprint_values"), values)
@@ -171,15 +171,6 @@ def different_configuration(out: Path, old: dict | None, new: dict) -> UserError
         f"--out {str(out)!r} holds a transfer set made with a different configuration (changed: {changed_settings(old, new)}); "
         f"use another --out, or --overwrite to replace it"
     )
-
-
-def _read_job(job: Path) -> dict:
-    """`_job.json` as a dict ({} when damaged: then it matches no configuration)."""
-    try:
-        recorded = json.loads(job.read_text())
-    except (ValueError, RecursionError, OSError):
-        return {}
-    return recorded if isinstance(recorded, dict) else {}
 
 
 def load_teachers(cfg: GenerateConfig, device: torch.device) -> tuple[list[teacher_lib.Teacher], torch.Tensor]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from transferset import ownership, replace
 from transferset.errors import UserError
-from transferset.format.manifest import JOB, MANIFEST, Manifest, read_manifest
+from transferset.format.manifest import JOB, MANIFEST, Manifest, read_job, read_manifest
 from transferset.format.provenance import Provenance
 from transferset.io import create_exclusive_json
 from transferset.progress import say
@@ -43,7 +43,7 @@ def prepare(cfg: RecombineConfig, plan: Plan) -> Manifest | None:
     job = out / JOB
     if not job.exists():
         raise UserError(f"--out {str(out)!r} exists and is not a transfer set; choose another directory (it is never deleted)")
-    recorded = _read_job(job)
+    recorded = read_job(out)
     if recorded.get("config_fingerprint") != plan.provenance.config_fingerprint:
         if not cfg.overwrite:
             raise different_configuration(out, recorded.get("fingerprint_values"), plan.fingerprint_values)
@@ -100,11 +100,3 @@ def _source_of(recombined_from) -> tuple | None:
         return None
     return recombined_from.get("config_fingerprint"), recombined_from.get("shards_sha256")
 
-
-def _read_job(job: Path) -> dict:
-    """`_job.json` as a dict ({} when damaged: then it matches no configuration)."""
-    try:
-        recorded = json.loads(job.read_text())
-    except (ValueError, RecursionError, OSError):
-        return {}
-    return recorded if isinstance(recorded, dict) else {}
