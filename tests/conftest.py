@@ -31,6 +31,20 @@ def run_cli(*args, cwd=None, check=False, timeout=300):
     return proc
 
 
+def run_torchrun(*args, nproc: int = 2, paths=(), env_extra: dict | None = None, wait: bool = True, timeout: int = 240):
+    """`torchrun --standalone --nproc-per-node N -m cli ARGS`, as a user launches it
+    (CPU: gloo; one torch thread per process). `paths` join PYTHONPATH (student modules).
+    wait=False returns the Popen (text pipes) for a test that kills a rank."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(TESTS), *map(str, paths), os.environ.get("PYTHONPATH", "")]),
+               OMP_NUM_THREADS="1", **(env_extra or {}))
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        env.pop(name, None)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "cli", *map(str, args)]
+    if not wait:
+        return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
 def run_in_process(*args, check=False):
     """`transferset ARGS` in this process, answering like run_cli (returncode, stdout,
     stderr): for tests that run many commands, where a fresh interpreter per command

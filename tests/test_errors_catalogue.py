@@ -39,10 +39,10 @@ DOC = ROOT / "docs" / "errors.md"
 COMMANDS = ("convert", "generate", "recombine", "inspect", "verify", "report", "ls", "card", "train", "eval")
 # Rows also run in a fresh interpreter (each costs a torch import, ~2 s).
 SUBPROCESS = ("convert-exclude-every-class", "generate-duplicate-ids", "inspect-manifest-not-json",
-              "train-student-factory-raises", "train-multi-process", "eval-class-bias-out-of-range")
+              "train-student-factory-raises", "train-batch-not-divisible-by-ranks", "eval-class-bias-out-of-range")
 
 # Rows whose bad input is the environment a launcher sets, not a flag: the variables set while the row runs.
-ENVIRONMENT = {"train-multi-process": {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}}
+ENVIRONMENT = {"train-batch-not-divisible-by-ranks": {"WORLD_SIZE": "3", "RANK": "0", "LOCAL_RANK": "0"}}
 
 # Rows whose bad input is a missing optional dependency: modules made unimportable while the row runs.
 MISSING_MODULES = {"report-matplotlib-missing": ("matplotlib",)}
@@ -712,7 +712,7 @@ def cases(f: dict[str, Path], o: Path) -> dict[str, list]:
         "train-transform-wrong-rows": ["train", "--data", f["lab"], "--transform", "test_errors_catalogue:short_transform", *out],
         "train-jitter-flat-inputs": ["train", "--data", f["lab"], "--input-shape", "64", "--jitter", "2", *out],
         "train-precision-fp16-cpu": [*data, "--precision", "fp16", *out],
-        "train-multi-process": [*data, *out],  # with ENVIRONMENT's torchrun variables
+        "train-batch-not-divisible-by-ranks": [*data, "--batch-size", "10", *out],  # with ENVIRONMENT's torchrun variables
         "train-eval-without-labels": [*data, "--eval", f["unl"], *out],
         "train-eval-missing": [*data, "--eval", o.parent / "test.parquet", *out],
         "train-resume-no-checkpoint": [*data, "--resume", *out],

@@ -217,6 +217,21 @@ def test_mid_epoch_resume_is_bit_identical(lm, tmp_path):
     assert all(torch.equal(want[k], got[k]) for k in want)
 
 
+def test_two_processes_train_the_single_process_gpt_student(lm, tmp_path):
+    """torchrun, 2 ranks: 29 rows in global batches of 8 (the last 3 + 2 rows), so the
+    ranks hold unequal target positions and the loss weighting must all-reduce them."""
+    from conftest import run_torchrun
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert _train(lm, one, "--alpha", "0.5", "--epochs", "1", "--device", "cpu") == 0
+    proc = run_torchrun("train", "--transfer", lm / "top8", *GPT, "--optimizer", "adamw", "--lr", "3e-3", "--tokens-per-batch", "256",
+                        "--alpha", "0.5", "--epochs", "1", "--device", "cpu", "--quiet", "--out", two)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    want, got = torch.load(one / "student.pt", weights_only=True), torch.load(two / "student.pt", weights_only=True)
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("argv, expected", [
     (["--tokens-per-batch", "20"], "--tokens-per-batch 20 is less than one row of this set (32 tokens)"),
     (["--tokens-per-batch", "64", "--batch-size", "4"], "give --batch-size (rows) or --tokens-per-batch (tokens), not both"),

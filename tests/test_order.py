@@ -95,24 +95,42 @@ def test_single_rank_cut_is_full_batches_then_one_short():
     assert [hi - lo for lo, hi in bounds] == [10] * 11
 
 
-def test_ranks_get_equal_batch_counts_and_every_row_once():
-    # 117 rows, 2 ranks, batch 2: rank spans of 59 and 58 rows. The usual cut would give
-    # 30 and 29 batches (a distributed hang); the 58-row rank ends with two batches of 1.
-    parts = batches_of(117, 2, 2, False)
-    assert len(parts[0]) == len(parts[1]) == 30
-    assert [hi - lo for lo, hi in parts[1][-3:]] == [2, 1, 1]
+def test_ranks_slice_each_global_batch_and_every_row_once():
+    # 117 rows, global batch 4 over 2 ranks: 30 global batches, the last of 1 row (< 2 ranks): skipped.
+    parts = batches_of(117, 4, 2, False)
+    assert len(parts[0]) == len(parts[1]) == 29
+    assert parts[0][:2] == [(0, 2), (4, 6)] and parts[1][:2] == [(2, 4), (6, 8)]
     positions = sorted(p for bounds in parts.values() for lo, hi in bounds for p in range(lo, hi))
-    assert positions == list(range(117))
+    assert positions == list(range(116))
+    # 118 rows: the last global batch has 2 rows, one per rank.
+    parts = batches_of(118, 4, 2, False)
+    assert parts[0][-1] == (116, 117) and parts[1][-1] == (117, 118)
+
+
+def test_global_batches_do_not_depend_on_the_world_size():
+    """What makes a checkpoint resumable on another number of processes: the rows of
+    global batch k are the same on 1, 2 or 4 ranks."""
+    for world_size in (1, 2, 4):
+        parts = [rank_part(103, 8, world_size, r, False) for r in range(world_size)]
+        for k in range(parts[0].num_batches):
+            rows = sorted(p for part in parts for p in range(*part.batch_bounds(k)))
+            assert rows == list(range(k * 8, min(k * 8 + 8, 103)))
+
+
+def test_a_global_batch_the_world_size_does_not_divide_is_refused():
+    with pytest.raises(ValueError, match="not divisible by 3 ranks"):
+        rank_part(100, 8, 3, 0, False)
 
 
 @settings(max_examples=300, deadline=None)
 @given(
     num_rows=st.integers(1, 400),
-    batch_size=st.integers(1, 40),
+    per_rank=st.integers(1, 12),
     world_size=st.integers(1, 9),
     drop_last=st.booleans(),
 )
-def test_rank_split_invariants(num_rows, batch_size, world_size, drop_last):
+def test_rank_split_invariants(num_rows, per_rank, world_size, drop_last):
+    batch_size = per_rank * world_size
     if not drop_last and num_rows < world_size:
         with pytest.raises(ValueError):
             rank_part(num_rows, batch_size, world_size, 0, drop_last)
@@ -121,26 +139,25 @@ def test_rank_split_invariants(num_rows, batch_size, world_size, drop_last):
     counts = {p.num_batches for p in parts}
     assert len(counts) == 1, f"unequal batch counts across ranks: {counts}"
     seen = []
-    for p in parts:
-        previous_hi = p.start
-        for k in range(p.num_batches):
-            lo, hi = p.batch_bounds(k)
-            assert lo == previous_hi, "batches of a rank are not contiguous"
-            assert 1 <= hi - lo <= batch_size
-            if drop_last:
-                assert hi - lo == batch_size
-            previous_hi = hi
-            seen += range(lo, hi)
-        assert previous_hi == p.stop
+    for k in range(parts[0].num_batches):
+        bounds = [p.batch_bounds(k) for p in parts]
+        assert bounds[0][0] == k * batch_size, "Incorrect sample order: global batch k does not start at k * B"
+        for (lo, hi), (next_lo, _) in zip(bounds, bounds[1:]):
+            assert hi == next_lo, "the ranks' slices of a global batch are not contiguous"
+        sizes = [hi - lo for lo, hi in bounds]
+        assert min(sizes) >= 1 and max(sizes) - min(sizes) <= 1 and max(sizes) <= per_rank
+        if drop_last:
+            assert sizes == [per_rank] * world_size
+        seen += [p for lo, hi in bounds for p in range(lo, hi)]
     assert len(seen) == len(set(seen)), "Duplicate samples across ranks"
-    assert all(0 <= s < num_rows for s in seen)
+    assert seen == list(range(len(seen))), "Incorrect sample order"
     if drop_last:
-        assert len(seen) == (num_rows // (world_size * batch_size)) * world_size * batch_size
-    elif batch_size > 1 or num_rows % world_size == 0:
+        assert len(seen) == (num_rows // batch_size) * batch_size
+    elif num_rows % batch_size == 0 or num_rows % batch_size >= world_size:
         assert len(seen) == num_rows, "Missing samples"
-        assert parts[0].num_batches == -(-num_rows // (world_size * batch_size))
-    else:  # batch_size 1: equal counts need equal spans; the remainder is skipped
-        assert len(seen) == num_rows - num_rows % world_size
+        assert parts[0].num_batches == -(-num_rows // batch_size)
+    else:  # a last global batch with fewer rows than ranks is skipped
+        assert len(seen) == num_rows - num_rows % batch_size
 
 
 @settings(max_examples=200, deadline=None)
@@ -180,6 +197,8 @@ def test_plan_validates_its_arguments():
         rank_part(10, 0, 1, 0, False)
     with pytest.raises(ValueError):
         rank_part(10, 2, 2, 2, False)
+    with pytest.raises(ValueError):
+        rank_part(1, 2, 2, 0, False)  # fewer rows than ranks
 
 
 def test_negative_and_huge_seeds_are_accepted_and_distinct():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from train.world import SINGLE_PROCESS, World, refuse_multi_process
+from train.world import SINGLE_PROCESS, World
 from transferset.errors import UserError
 
 CPU = torch.device("cpu")
@@ -96,7 +96,3 @@ def test_cuda_devices():
         World.detect("cuda", environ={"WORLD_SIZE": str(count + 1), "RANK": str(count), "LOCAL_RANK": str(count)})
 
 
-def test_training_refuses_several_processes_for_now():
-    refuse_multi_process(SINGLE_PROCESS)
-    with pytest.raises(UserError, match=r"multi-process training is not supported yet \(WORLD_SIZE=3\); run one process"):
-        refuse_multi_process(World(0, 3, 0, CPU))

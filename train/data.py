@@ -91,6 +91,10 @@ def open_training_data(cfg: TrainConfig, world: World) -> TrainingData:
         refuse_class_student(cfg.student)
     if cfg.tokens_per_batch is not None:
         cfg.batch_size = rows_per_batch(cfg.tokens_per_batch, source.input_spec.size)
+        if cfg.batch_size % world.world_size:
+            length, step = source.input_spec.size, source.input_spec.size * world.world_size
+            raise UserError(f"--tokens-per-batch {cfg.tokens_per_batch} gives a global batch of {cfg.batch_size} rows of {length} tokens, "
+                            f"not divisible by the {world.world_size} processes; use a multiple of {step} tokens")
     eval_sources = {path: open_eval_data(path, source.input_spec, cfg.eval_label_column, source.num_classes, per_token=per_token)
                     for path in cfg.eval}
     steps_per_epoch = source.num_batches(cfg.batch_size, world)

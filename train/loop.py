@@ -2,7 +2,8 @@
 
 The recipe, top to bottom (`train`):
 
-    0. world      the process (world.py): one process for now; its device
+    0. world      the process (world.py) and, under torchrun, the process group
+                  (distributed.py); its device
     1. data       open the training stream and the evaluation sources (data.py)
     2. run dir    fingerprint the config; start, resume, or refuse (checkpoint.prepare_run_dir)
     3. model      seed, build the student, optimiser, schedule, (fp16) scaler;
@@ -16,6 +17,11 @@ the checkpoint stores the position (epoch, batches applied, step) plus every
 state that a step reads or changes (weights, optimiser, schedule, scaler, RNGs,
 the epoch's running sums), and jitter draws from a generator seeded by the step.
 So a run killed at any point and resumed ends bit-identical on CPU.
+
+Several processes (torchrun): `--batch-size` is the global batch; each rank trains
+on its slice of it through DDP (distributed.py says what each rank does), only
+rank 0 writes the run directory, and the position is counted in global batches, so
+a checkpoint resumes on any number of processes with the same global batch.
 
 This module never imports `transferset.teachers`.
 """
@@ -31,18 +37,18 @@ from typing import Any, Iterator
 import torch
 
 from train import checkpoint as ckpt
-from train import health
+from train import distributed, health
 from train.checkpoint import CHECKPOINTS, CONFIG, METRICS
 from train.config import TrainConfig
 from train.data import TrainingData, open_training_data
 from train.export import export_lm_program, export_program, save_state_dict
-from train.lm_losses import lm_distillation_loss
+from train.lm_losses import lm_distillation_loss, target_positions
 from train.losses import distillation_loss
 from train.metrics import EpochTable, MetricsLog, evaluate_sources
 from train.state import Position, TrainState, build_state
 from train.stream import Batch, StreamDataset, StreamSource
 from train.students import jitter_images
-from train.world import World, refuse_multi_process
+from train.world import World
 from transferset import ownership
 from transferset.errors import UserError
 from transferset.io import atomic_write_json
@@ -55,18 +61,21 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     """Train (or resume) the run in `cfg.out`; returns the last epoch's metrics record.
     The run owns `cfg.out` until it returns (transferset/ownership.py)."""
     cfg.validate()
-    with ownership.scope():
-        return _train(cfg)
-
-
-def _train(cfg: TrainConfig) -> dict[str, Any]:
-    out = Path(cfg.out)
-
-    # -- 0. the world: one process (DDP is a later step), its device ----------------------
     world = World.detect(cfg.device)
-    refuse_multi_process(world)
     if cfg.precision == "fp16" and world.device.type != "cuda":
         raise UserError("--precision fp16 needs a CUDA device (with a gradient scaler); use --precision bf16 or fp32 on CPU")
+    if cfg.batch_size % world.world_size and cfg.tokens_per_batch is None:
+        raise UserError(f"--batch-size {cfg.batch_size} is the global batch and must be divisible by the {world.world_size} processes; "
+                        f"use a multiple of {world.world_size}")
+    distributed.start(world)
+    with ownership.scope():
+        record = _train(cfg, world)
+    distributed.finish(world)  # every rank waits for rank 0's outputs, then leaves the group
+    return record
+
+
+def _train(cfg: TrainConfig, world: World) -> dict[str, Any]:
+    out = Path(cfg.out)
 
     # -- 1. data -------------------------------------------------------------------
     data = open_training_data(cfg, world)
@@ -76,19 +85,24 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
     state = build_state(cfg, num_classes=data.num_classes, input_shape=data.input_shape, total_steps=data.total_steps,
                         warmup_steps=data.warmup_steps, device=world.device, checkpoint=None, per_token=data.per_token)
 
-    # -- 2. run directory: claim it, fingerprint, then start / resume / refuse ------------------
+    # -- 2. run directory (rank 0 only): claim it, fingerprint, then start / resume / refuse --------
     fingerprint = cfg.fingerprint(data.identity)
-    checkpoint = ckpt.prepare_run_dir(cfg, out, fingerprint, data.identity, data.resolved(cfg))
+    checkpoint = ckpt.prepare_run_dir(cfg, out, fingerprint, data.identity, data.resolved(cfg)) if world.is_main else None
+    checkpoint = distributed.broadcast(checkpoint, world)
     if checkpoint is not None:  # resuming: weights, optimiser, schedule, RNGs, position
         state.restore(checkpoint)
+    quiet = cfg.quiet or not world.is_main
     if checkpoint is not None and state.pos.epoch >= cfg.epochs:
-        say(f"{out} is already trained ({counted(cfg.epochs, 'epoch')}); writing its outputs again", cfg.quiet)
+        say(f"{out} is already trained ({counted(cfg.epochs, 'epoch')}); writing its outputs again", quiet)
     elif checkpoint is not None:
         pos = state.pos
-        say(f"resuming {out} at epoch {pos.epoch + 1}, batch {pos.batch_in_epoch} of {data.steps_per_epoch} (step {pos.step})", cfg.quiet)
+        say(f"resuming {out} at epoch {pos.epoch + 1}, batch {pos.batch_in_epoch} of {data.steps_per_epoch} (step {pos.step})", quiet)
+    state.wrapped = distributed.wrap(state.model, world)
 
-    def save() -> None:
-        ckpt.save_checkpoint(out / CHECKPOINTS, state.to_checkpoint(fingerprint), keep=cfg.keep_checkpoints, world=world)
+    def save() -> None:  # every rank calls it (the sums are summed over ranks); rank 0 writes
+        state.sums = distributed.sum_to_main(state.sums, world, data.num_classes)
+        if world.is_main:
+            ckpt.save_checkpoint(out / CHECKPOINTS, state.to_checkpoint(fingerprint), keep=cfg.keep_checkpoints, world=world)
 
     # -- 4. epochs ----------------------------------------------------------------------
     log, table = MetricsLog(out / METRICS, world), EpochTable(cfg.quiet, world=world)
@@ -96,17 +110,19 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
     record: dict[str, Any] = logged[-1] if logged else {}
     while state.pos.epoch < cfg.epochs:
         record = _train_epoch(cfg, data, state, world, save)
-        _check_health(record, cfg, log, out)  # a diverged epoch stops here, before its checkpoint
+        _check_health(record, cfg, log, out, world)  # a diverged epoch stops here, before its checkpoint
         # The log line first, then the checkpoint: a kill in between resumes from an
         # older checkpoint, which drops this line (keep_until) and logs the epoch again.
         log.append(record)
         table.show(record)
         state.next_epoch()
         save()
-    if record.get("health"):
+    if record.get("health") and world.is_main:
         health.warn(record["health"], record, cfg)
 
-    # -- 5. outputs ---------------------------------------------------------------------
+    # -- 5. outputs (rank 0) ------------------------------------------------------------
+    if not world.is_main:
+        return record
     save_state_dict(state.model, out)
     if data.per_token:
         export_lm_program(state.model, data.example, out)
@@ -118,13 +134,16 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
     return record
 
 
-def _check_health(record: dict[str, Any], cfg: TrainConfig, log: MetricsLog, out: Path) -> None:
+def _check_health(record: dict[str, Any], cfg: TrainConfig, log: MetricsLog, out: Path, world: World) -> None:
     """Stop a diverged run (train/health.py's rules) with its last record logged and in
-    config.json, marked "stopped"; or mark the last epoch's record with its warnings."""
+    config.json, marked "stopped"; or mark the last epoch's record with its warnings.
+    Every rank decides on rank 0's record (the same decision); rank 0 writes."""
     try:
         flags = health.check_epoch(record, last=record["epoch"] == cfg.epochs, cfg=cfg)
     except UserError as stop:
         record["health"] = ["stopped", "diverged"]
+        if not world.is_main:
+            raise
         log.append(record)  # dropped again (keep_until) when a rerun resumes before this epoch
         config_doc = json.loads((out / CONFIG).read_text())
         atomic_write_json(out / CONFIG, {**config_doc, "finished": False, "final": record, "stopped": str(stop)})
@@ -141,11 +160,21 @@ def _train_epoch(cfg: TrainConfig, data: TrainingData, state: TrainState, world:
     rows_left = max(data.source.num_rows - pos.batch_in_epoch * cfg.batch_size, 0)
     with progress(f"epoch {pos.epoch + 1}/{cfg.epochs}", rows_left, cfg.quiet or not world.is_main) as bar:
         for batch in _batches(data.source, cfg, pos, world):
-            train_step(state, batch, cfg, data.temperature)
-            bar.advance(len(batch))
+            train_step(state, batch, cfg, data.temperature, world)
+            bar.advance(batch.global_rows or len(batch))
             if cfg.checkpoint_every and pos.step % cfg.checkpoint_every == 0 and pos.batch_in_epoch < data.steps_per_epoch:
                 save()
-    seconds = time.perf_counter() - started  # a non-finite loss is health.check_epoch's to report, with the record logged
+    state.sums = distributed.sum_to_main(state.sums, world, data.num_classes)
+    if world.is_main:
+        record = _epoch_record(cfg, data, state, rows_left, time.perf_counter() - started)
+        record.update(evaluate_sources(state.model, data.eval_sources, batch_size=cfg.eval_batch_size, num_classes=data.num_classes, world=world))
+    return distributed.broadcast(record if world.is_main else None, world)
+
+
+def _epoch_record(cfg: TrainConfig, data: TrainingData, state: TrainState, rows_left: int, seconds: float) -> dict[str, Any]:
+    """The epoch's metrics from its running sums (a non-finite loss is health.check_epoch's
+    to report, with the record logged)."""
+    pos = state.pos
     seen = max(state.sums["rows"], 1)
     class_rows = state.sums["class_rows"].reshape(-1)
     train_labelled = int(class_rows.sum())
@@ -163,24 +192,32 @@ def _train_epoch(cfg: TrainConfig, data: TrainingData, state: TrainState, world:
         "seconds": seconds,
         "rows_per_s": rows_left / seconds if seconds > 0 else None,
     }
-    record.update(evaluate_sources(state.model, data.eval_sources, batch_size=cfg.eval_batch_size, num_classes=data.num_classes, world=world))
     return record
 
 
-def train_step(state: TrainState, batch: Batch, cfg: TrainConfig, temperature: float) -> None:
-    """One optimiser step on `batch` (already on the device): forward, loss, backward,
-    clip, step, schedule; then add to the epoch's running sums and advance the position."""
-    model, optimizer, scaler = state.model, state.optimizer, state.scaler
+def train_step(state: TrainState, batch: Batch, cfg: TrainConfig, temperature: float, world: World) -> None:
+    """One optimiser step on `batch` (already on the device; this rank's slice of the
+    global batch): forward, loss, backward, clip, step, schedule; then add to the
+    epoch's running sums and advance the position."""
+    model, optimizer, scaler = state.wrapped or state.model, state.optimizer, state.scaler
+    if world.world_size > 1:
+        # Each rank its own dropout draws (one seed would give every rank's rows the same
+        # masks), a function of (seed, step, rank) so that a resume on as many ranks draws
+        # them again. One process keeps the checkpointed RNG stream (bit-identical resume).
+        torch.manual_seed(_mix(cfg.seed, state.pos.step, world.rank))
     x = batch.inputs  # [B, *input_shape]
     if cfg.jitter:
-        x = jitter_images(x, cfg.jitter, _step_generator(cfg.seed, state.pos.step))
+        x = jitter_images(x, cfg.jitter, _step_generator(cfg.seed, state.pos.step, world.rank))
     autocast_dtype = AUTOCAST_DTYPES.get(cfg.precision)
     with torch.autocast(state.device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext():
         logits = model(batch.input_ids, batch.attention_mask) if batch.tokens else model(x)  # [B, C] ([B, L, V]); losses cast to float32
+    w_soft, w_hard = _term_weights(batch, cfg, world)  # 1 on one process: DDP's average = the global batch's gradient
     if batch.tokens:
         loss, parts = lm_distillation_loss(logits, batch.targets, batch.inputs, alpha=cfg.resolved_alpha, temperature=temperature, kind=cfg.loss)
+        loss = loss * w_soft
     else:
-        loss, parts = distillation_loss(logits, batch.targets, batch.labels, alpha=cfg.resolved_alpha, temperature=temperature, kind=cfg.loss)
+        loss, parts = distillation_loss(logits, batch.targets, batch.labels, alpha=cfg.resolved_alpha, temperature=temperature,
+                                        kind=cfg.loss, term_weights=(w_soft, w_hard))
     optimizer.zero_grad(set_to_none=True)
     if scaler is not None:
         scaler.scale(loss).backward()
@@ -196,31 +233,50 @@ def train_step(state: TrainState, batch: Batch, cfg: TrainConfig, temperature: f
         optimizer.step()
     state.scheduler.step()
     # Running sums in float64 on the device (no host sync per step); checkpointed,
-    # so a resumed epoch adds the same numbers in the same order.
+    # so a resumed epoch adds the same numbers in the same order. A DDP rank adds its
+    # weighted share of the global batch's means, so that the sum over ranks is what
+    # one process adds for the whole global batch.
     rows = batch.labels.shape[0]
-    state.sums["loss"] += loss.detach().double() * rows
-    state.sums["soft"] += parts["soft"].double() * rows
-    state.sums["hard"] += parts["hard"].double() * rows
+    share = rows if world.world_size == 1 else batch.global_rows / world.world_size
+    state.sums["loss"] += loss.detach().double() * share
+    state.sums["soft"] += (parts["soft"] * w_soft).double() * share
+    state.sums["hard"] += (parts["hard"] * w_hard).double() * share
     state.sums["rows"] += rows
-    _add_health_sums(state.sums, logits.detach(), batch, cfg, temperature)
+    _add_health_sums(state.sums, logits.detach(), batch, cfg, temperature, (w_soft, w_hard), share)
     state.pos.batch_in_epoch += 1
     state.pos.step += 1
 
 
-def _add_health_sums(sums: dict[str, Any], logits: torch.Tensor, batch: Batch, cfg: TrainConfig, temperature: float) -> None:
+def _term_weights(batch: Batch, cfg: TrainConfig, world: World) -> tuple:
+    """(w_soft, w_hard) for this rank's slice (distributed.mean_weight): the soft term is a
+    mean over rows, the hard one over labelled rows; token rows: both over target positions."""
+    if world.world_size == 1:
+        return 1.0, 1.0
+    if batch.tokens:
+        weight = distributed.mean_weight(target_positions(batch.inputs).sum(), world)
+        return weight, weight
+    w_soft = distributed.mean_weight(len(batch), world, batch.global_rows)
+    uses_hard = batch.targets is None or cfg.resolved_alpha < 1
+    w_hard = distributed.mean_weight((batch.labels >= 0).sum(), world) if uses_hard else 1.0
+    return w_soft, w_hard
+
+
+def _add_health_sums(sums: dict[str, Any], logits: torch.Tensor, batch: Batch, cfg: TrainConfig, temperature: float,
+                     term_weights: tuple, share: float) -> None:
     """What train/health.py compares the epoch with: the loss all-zero logits would
     score on this batch, and the argmax hits and class counts on its labelled rows.
     Device tensors only, no host sync; one extra loss on [B, C] zeros per step.
-    Token rows: the baseline only (their rows carry no class labels)."""
+    Token rows: the baseline only (their rows carry no class labels). `term_weights` and
+    `share`: this rank's part of the global batch, as for the loss (train_step)."""
     with torch.no_grad():
         if batch.tokens:
             constant, _ = lm_distillation_loss(torch.zeros_like(logits, dtype=torch.float32), batch.targets, batch.inputs,
                                                alpha=cfg.resolved_alpha, temperature=temperature, kind=cfg.loss)
-            sums["baseline"] += constant.double() * batch.labels.shape[0]
+            sums["baseline"] += (constant * term_weights[0]).double() * share
             return
         constant, _ = distillation_loss(torch.zeros_like(logits, dtype=torch.float32), batch.targets, batch.labels,
-                                        alpha=cfg.resolved_alpha, temperature=temperature, kind=cfg.loss)
-        sums["baseline"] += constant.double() * batch.labels.shape[0]
+                                        alpha=cfg.resolved_alpha, temperature=temperature, kind=cfg.loss, term_weights=term_weights)
+        sums["baseline"] += constant.double() * share
         labelled = batch.labels >= 0
         y = batch.labels[labelled]  # [L]
         sums["correct"] += (logits[labelled].argmax(dim=-1) == y).sum()
@@ -248,6 +304,11 @@ def _batches(source: StreamSource, cfg: TrainConfig, pos: Position, world: World
         yield batch.to(device, non_blocking=cuda)
 
 
-def _step_generator(seed: int, step: int) -> torch.Generator:
-    """Jitter's own generator, a function of (seed, step): the same shifts after a resume."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + step) & 0x7FFF_FFFF_FFFF_FFFF)
+def _step_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
+    """Jitter's own generator, a function of (seed, step[, rank]): the same shifts after a resume."""
+    return torch.Generator().manual_seed(_mix(seed, step, rank))
+
+
+def _mix(seed: int, step: int, rank: int) -> int:
+    """A 63-bit seed from (seed, step, rank); rank 0 gives what one process always used."""
+    return (seed * 1_000_003 + step + rank * 0x9E37_79B9_7F4A_7C15) & 0x7FFF_FFFF_FFFF_FFFF

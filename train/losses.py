@@ -153,8 +153,12 @@ def distillation_loss(
     alpha: float,
     temperature: float,
     kind: str = "kd",
+    term_weights: tuple = (1.0, 1.0),
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """alpha * soft + (1 - alpha) * hard; returns (loss, {"soft": .., "hard": ..}).
+
+    `term_weights` (w_soft, w_hard) multiply the two terms in the loss (not in the
+    parts): a DDP rank's share of the global batch's means (train/distributed.py).
 
     The parts are detached scalar tensors (no host sync per step on a GPU).
 
@@ -164,9 +168,10 @@ def distillation_loss(
     the hard term alone, whatever alpha is. A term whose weight is 0 is not
     computed at all (so alpha = 1 never needs a label, alpha = 0 never a target).
     """
+    w_soft, w_hard = term_weights
     if targets is None:
         hard = hard_ce_loss(student_logits, labels)
-        return hard, {"soft": torch.zeros_like(hard.detach()), "hard": hard.detach()}
+        return hard * w_hard, {"soft": torch.zeros_like(hard.detach()), "hard": hard.detach()}
     if kind not in SOFT_LOSSES:
         raise UserError(f"unknown --loss {kind!r}; use one of {', '.join(SOFT_LOSSES)}")
     if isinstance(targets, torch.Tensor):
@@ -174,5 +179,5 @@ def distillation_loss(
     zero = _at_least_f32(student_logits).sum() * 0.0
     soft = SOFT_LOSSES[kind](student_logits, targets, temperature) if alpha > 0 else zero
     hard = hard_ce_loss(student_logits, labels) if alpha < 1 else zero
-    loss = alpha * soft + (1.0 - alpha) * hard
+    loss = alpha * soft * w_soft + (1.0 - alpha) * hard * w_hard
     return loss, {"soft": soft.detach(), "hard": hard.detach()}

@@ -43,6 +43,7 @@ class TrainState:
     device: torch.device
     pos: Position
     sums: dict[str, Any]  # the epoch's running sums (zero_sums)
+    wrapped: torch.nn.Module | None = None  # what training steps call: DDP around `model` on several processes
 
     def restore(self, checkpoint: dict[str, Any]) -> None:
         """Load a checkpoint's states, RNGs included (checkpoint.load_checkpoint's dict)."""

@@ -14,7 +14,8 @@ two windows (DEFAULT_WINDOW_BYTES), whatever the dataset size. A batch that
 straddles two windows carries its first part over (< batch_size rows).
 
 Which rows a process reads follows its `World` (rank, world size; world.py) by
-order.py's partition; a single process is `SINGLE_PROCESS`.
+order.py's partition: `batch_size` is the global batch, and each rank yields its
+slice of every global batch; a single process is `SINGLE_PROCESS`.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class Batch:
     targets: dict[str, torch.Tensor] | None  # the codec's decoded targets, [B, ...] each ([B, L, ...] per token); None for plain data
     extra: dict[str, Any] = field(default_factory=dict)  # columns_extra: tensors, or lists of str
     tokens: bool = False  # token rows (a per-token set or a token source): a causal-LM student reads them
+    global_rows: int = 0  # rows of the whole global batch, all ranks together (this rank's share is len(self))
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -87,7 +89,8 @@ class Batch:
     def to(self, device, non_blocking: bool = False) -> "Batch":
         move = lambda t: t.to(device, non_blocking=non_blocking) if isinstance(t, torch.Tensor) else t  # noqa: E731
         targets = None if self.targets is None else {k: move(v) for k, v in self.targets.items()}
-        return Batch(move(self.inputs), move(self.labels), targets, {k: move(v) for k, v in self.extra.items()}, self.tokens)
+        return Batch(move(self.inputs), move(self.labels), targets, {k: move(v) for k, v in self.extra.items()}, self.tokens,
+                     self.global_rows)
 
     def pin_memory(self) -> "Batch":
         """Page-locked copies, for fast non_blocking copies to CUDA (a no-op without CUDA)."""
@@ -95,7 +98,8 @@ class Batch:
             return self
         pin = lambda t: t.pin_memory() if isinstance(t, torch.Tensor) else t  # noqa: E731
         targets = None if self.targets is None else {k: pin(v) for k, v in self.targets.items()}
-        return Batch(pin(self.inputs), pin(self.labels), targets, {k: pin(v) for k, v in self.extra.items()}, self.tokens)
+        return Batch(pin(self.inputs), pin(self.labels), targets, {k: pin(v) for k, v in self.extra.items()}, self.tokens,
+                     self.global_rows)
 
 
 class StreamSource:
@@ -208,12 +212,13 @@ class StreamSource:
     # -- the epoch ----------------------------------------------------------
 
     def num_batches(self, batch_size: int, world: World = SINGLE_PROCESS, drop_last: bool = False) -> int:
-        """Batches per epoch of `world.rank` (the same on every rank)."""
+        """Global batches of `batch_size` rows per epoch (each rank yields its slice of each)."""
         return self._part(batch_size, world, drop_last).num_batches
 
     def epoch(self, *, batch_size: int, seed: int, epoch: int, start_batch: int = 0, shuffle: bool = True,
               world: World = SINGLE_PROCESS, drop_last: bool = False, columns_extra: tuple = ()) -> Iterator[Batch]:
-        """This rank's batches of one epoch, from batch `start_batch` on (see order.py).
+        """This rank's slices of the epoch's global batches of `batch_size` rows, from
+        global batch `start_batch` on (see order.py).
 
         Deterministic for (seed, epoch, data, batch_size, world.rank, world.world_size);
         resuming at start_batch=k yields exactly the batches after the first k, and reads
@@ -226,6 +231,9 @@ class StreamSource:
             raise UserError(f"batch size {batch_size} must be >= 1")
         if not drop_last and self.num_rows < world.world_size:
             raise UserError(f"{counted(self.num_rows, 'row')} cannot be split over {counted(world.world_size, 'rank')}; use fewer ranks or more data")
+        if batch_size % world.world_size:
+            raise UserError(f"--batch-size {batch_size} is the global batch and must be divisible by the {world.world_size} processes; "
+                            f"use a multiple of {world.world_size}, e.g. {batch_size - batch_size % world.world_size or world.world_size}")
         return order.rank_part(self.num_rows, batch_size, world.world_size, world.rank, drop_last)
 
     def _batches(self, *, batch_size, seed, epoch, start_batch, shuffle, world, drop_last, columns_extra,
@@ -259,7 +267,8 @@ class StreamSource:
                 pending.append(data.take(positions[a - window.start : b - window.start]))
                 if b_hi > window.stop:
                     break  # the rest of batch k is in the next window
-                yield self._assemble(pending, extra)
+                g_lo, g_hi = part.global_bounds(k)
+                yield self._assemble(pending, extra, g_hi - g_lo)
                 k, pending = k + 1, []
             del data  # release this window before the one after the next is read
 
@@ -290,10 +299,11 @@ class StreamSource:
         return read_window(window, extra, row_groups=self._row_groups, input_spec=self.input_spec, label_column=self._label_column,
                            codec=self.codec, provenance=self.provenance, num_classes=self.num_classes, token_rows=self.per_token)
 
-    def _assemble(self, parts: list[Rows], extra: tuple) -> Batch:
+    def _assemble(self, parts: list[Rows], extra: tuple, global_rows: int) -> Batch:
         rows = parts[0] if len(parts) == 1 else Rows.concat(parts)
         inputs = rows.inputs if rows.inputs is not None else self.input_spec.to_tensor(rows.input_table, where="input")
-        return Batch(inputs, rows.labels, rows.targets, {name: extra_value(rows.extra.column(name)) for name in extra}, self.per_token)
+        return Batch(inputs, rows.labels, rows.targets, {name: extra_value(rows.extra.column(name)) for name in extra}, self.per_token,
+                     global_rows)
 
 
 class StreamDataset(torch.utils.data.IterableDataset):

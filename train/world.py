@@ -9,9 +9,9 @@ the one place that reads them:
                  it picks the GPU, cuda:LOCAL_RANK              (default 0)
 
 `World.detect` reads them (and resolves --device) once; the stream's partition,
-checkpoint saving, the metrics log and the loop receive the `World` instead of
-asking the environment or torch.distributed. Multi-process training (DDP,
-gradient sync) is not implemented yet: `train` refuses WORLD_SIZE > 1.
+checkpoint saving, the metrics log, the process group (distributed.py) and the
+loop receive the `World` instead of asking the environment or torch.distributed.
+torchrun also sets MASTER_ADDR and MASTER_PORT, which torch.distributed reads.
 """
 
 from __future__ import annotations
@@ -57,16 +57,6 @@ class World:
 
 # One process on the CPU: the default of readers that only partition by rank (eval, tests, benchmarks).
 SINGLE_PROCESS = World(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
-
-
-def refuse_multi_process(world: World) -> None:
-    """Until training syncs gradients across processes, each process would train its
-    own copy on its share of the data: refuse instead."""
-    if world.world_size > 1:
-        raise UserError(
-            f"multi-process training is not supported yet (WORLD_SIZE={world.world_size}); "
-            f"run one process: start transferset train without torchrun, or unset WORLD_SIZE, RANK and LOCAL_RANK"
-        )
 
 
 def _read_environment(environ: Mapping[str, str]) -> tuple[int, int, int]:

@@ -1,0 +1,153 @@
+"""torchrun students: DDP on the CPU (gloo), started by the tests themselves.
+
+157 rows, global batch 8 (4 per rank on 2 ranks): 20 global batches, the last of 5
+rows, split 3 + 2 (so the unequal-slice loss weighting is exercised). The student
+has no random layers, so a 2-process run must equal a 1-process run to float
+tolerance (gradients averaged by gloo instead of summed in one matmul), and a
+mid-epoch checkpoint must resume on the other world size to the same weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import cli
+from conftest import run_torchrun
+from test_train_cli import build_transfer_set
+from train import checkpoint as ckpt
+
+ARGS = ["--student", "ddp_students:student", "--student-arg", "hidden=24", "--alpha", "0.7", "--lr", "0.2",
+        "--epochs", "2", "--batch-size", "8", "--seed", "5", "--checkpoint-every", "5", "--keep-checkpoints", "100",
+        "--device", "cpu", "--quiet"]
+
+
+# An MLP that sleeps in training steps when DDP_STUDENT_DELAY is set, so that a test can
+# kill a rank mid-run (an environment variable: the config, and so the fingerprint, stay
+# those of the fast runs).
+STUDENTS = """
+import os, time
+import torch
+from train.students import mlp
+
+class Slow(torch.nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+        self.delay = float(os.environ.get("DDP_STUDENT_DELAY", "0"))
+
+    def forward(self, x):
+        if self.training and self.delay:
+            time.sleep(self.delay)
+        return self.inner(x)
+
+def student(num_classes, input_shape, **kwargs):
+    return Slow(mlp(num_classes, input_shape, **kwargs))
+"""
+
+
+def torchrun(*args, root: Path, env_extra: dict | None = None, wait: bool = True):
+    return run_torchrun(*args, paths=[root], env_extra=env_extra, wait=wait)
+
+
+def weights(run: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run / "student.pt", weights_only=True)
+
+
+def assert_close_runs(got: Path, want: Path) -> None:
+    a, b = weights(got), weights(want)
+    assert a.keys() == b.keys()
+    for name in b:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The single-process reference run (in this process: cheap; each xdist worker
+    that runs a test of this module builds its own)."""
+    root = tmp_path_factory.mktemp("ddp")
+    (root / "ddp_students.py").write_text(STUDENTS)
+    sys.path.insert(0, str(root))
+    transfer = build_transfer_set(root / "ts", rows=157)
+    single = root / "single"
+    assert cli.main(["train", "--transfer", str(transfer), *ARGS, "--out", str(single)]) == 0
+    yield {"root": root, "transfer": transfer, "single": single}
+    sys.path.remove(str(root))
+
+
+def test_two_processes_train_the_single_process_student_and_resume_on_one(runs):
+    double = runs["root"] / "double"
+    proc = torchrun("train", "--transfer", runs["transfer"], *ARGS, "--out", double, root=runs["root"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_close_runs(double, runs["single"])
+    # Only rank 0 wrote: one metrics line per epoch, the same checkpoints as one process.
+    lines = (double / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 2
+    steps = lambda run: [ckpt.load_checkpoint(p)["position"]["step"] for p in ckpt.list_checkpoints(run / "checkpoints")]  # noqa: E731
+    assert steps(double) == steps(runs["single"])
+    # The epoch's sums were summed over the ranks: the logged losses are the single run's.
+    got = [json.loads(line) for line in lines]
+    want = [json.loads(line) for line in (runs["single"] / "metrics.jsonl").read_text().splitlines()]
+    for g, w in zip(got, want):
+        assert g["train_labelled"] == w["train_labelled"]
+        for key in ("train_loss", "train_soft", "train_hard", "train_baseline"):
+            assert g[key] == pytest.approx(w[key], rel=1e-4), key
+
+    # Mid epoch 1 (global batch 5 of 20): one process continues the 2-process run.
+    checkpoint = ckpt.checkpoint_path(double / "checkpoints", 25)
+    out = runs["root"] / "two-to-one"
+    assert cli.main(["train", "--transfer", str(runs["transfer"]), *ARGS, "--resume", str(checkpoint), "--out", str(out)]) == 0
+    assert_close_runs(out, runs["single"])
+
+
+def test_a_checkpoint_of_one_process_resumes_on_two(runs):
+    checkpoint = ckpt.checkpoint_path(runs["single"] / "checkpoints", 15)  # mid epoch 0
+    out = runs["root"] / "one-to-two"
+    proc = torchrun("train", "--transfer", runs["transfer"], *ARGS, "--resume", checkpoint, "--out", out, root=runs["root"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_close_runs(out, runs["single"])
+
+
+def test_a_rank_that_dies_stops_the_job_naming_it_and_the_rerun_resumes(runs):
+    """SIGKILL rank 1 once the step-5 checkpoint exists: torchrun stops rank 0 and
+    names rank 1; the same command again resumes and ends with the reference weights."""
+    out = runs["root"] / "killed"
+    command = ["train", "--transfer", runs["transfer"], *ARGS, "--out", out]
+    proc = torchrun(*command, root=runs["root"], env_extra={"DDP_STUDENT_DELAY": "0.05"}, wait=False)
+    target = out / "checkpoints" / "step-00000005.pt"
+    deadline = time.monotonic() + 120
+    while not target.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    victim = _rank_pid(proc.pid, rank=1)
+    assert victim is not None, "rank 1 not found"
+    os.kill(victim, signal.SIGKILL)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert "rank: 1" in stderr or "rank 1" in stderr, stderr[-2000:]
+    assert not (out / "student.pt").exists()
+    rerun = torchrun(*command, root=runs["root"])
+    assert rerun.returncode == 0, rerun.stderr[:6000]
+    assert_close_runs(out, runs["single"])
+
+
+def _rank_pid(parent: int, rank: int) -> int | None:
+    """The pid of the worker torchrun started with RANK=`rank` (from /proc)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == parent and f"RANK={rank}".encode() in environ:
+            return int(entry.name)
+    return None
