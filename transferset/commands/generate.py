@@ -95,7 +95,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="for a token source: rows per teacher batch by token budget, N // (tokens per row)")
     g.add_argument("--shard-rows", type=int, default=131072, help="rows per Parquet shard (default: 131072)")
     g.add_argument("--row-group-rows", type=int, default=32768, help="rows per Parquet row group (default: 32768)")
-    g.add_argument("--engine", default="local", help="who runs the shard jobs: local (this process; default)")
+    g.add_argument("--engine", default="local",
+                   help="who runs the shard jobs: local (this process; default) or ray (Ray Data; pip install 'transferset[ray]')")
+    g.add_argument("--ray-address", metavar="auto|HOST:PORT",
+                   help="--engine ray: join this Ray cluster (default: start Ray on this machine for the run)")
+    g.add_argument("--ray-actors", type=int, metavar="N",
+                   help="--engine ray: teacher actors (default: one per GPU of the cluster, else one per CPU but one)")
     g = p.add_argument_group("dataset card (README.md in the set; never part of its checksums)")
     g.add_argument("--card-license", metavar="ID", help="license identifier, e.g. cc-by-4.0 (default: unknown)")
     g.add_argument("--card-description", metavar="TEXT", help="what the set is, for people who find it")
@@ -174,6 +179,8 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         trust_checkpoint=args.trust_checkpoint,
         engine=args.engine,
+        ray_address=args.ray_address,
+        ray_actors=args.ray_actors,
         quiet=args.quiet,
         card_license=args.card_license,
         card_description=args.card_description,
