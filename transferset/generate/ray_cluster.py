@@ -85,6 +85,8 @@ def _init(ray, address: str | None) -> None:
         except Exception as error:
             raise UserError(f"could not start Ray on this machine ({first_line(error)}); --ray-address joins a running cluster") from None
         return
+    # Ray's C++ client logs each failed attempt to stderr; the outcome is our one line.
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     outcome: dict = {}
 
     def start() -> None:
