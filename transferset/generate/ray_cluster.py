@@ -138,7 +138,8 @@ class ActorPlan:
 
     actors: int
     device_type: str  # "cuda" (one GPU per actor) or "cpu"
-    cpus_per_actor: float = 1.0
+    torch_threads: int | None = None  # CPU actors: torch threads each (Ray's own default would be 1)
+    cpus_per_actor: float = 1.0  # Ray's bookkeeping; reads take a CPU each too
 
     @property
     def gpus_per_actor(self) -> float:
@@ -147,7 +148,7 @@ class ActorPlan:
 
 def plan_actors(ray, device: str, requested: int | None) -> ActorPlan:
     """GPU actors when the cluster has GPUs (unless --device cpu), one per GPU by default;
-    CPU actors otherwise, one per CPU but one by default (read tasks need a CPU too)."""
+    CPU actors otherwise, one per CPU but one by default (Ray books a CPU for each read task)."""
     resources = ray.cluster_resources()
     gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 0))
     wants_cuda = device.startswith("cuda")
@@ -161,4 +162,10 @@ def plan_actors(ray, device: str, requested: int | None) -> ActorPlan:
     actors = requested or max(1, cpus - 1)
     if actors >= max(cpus, 1) and cpus > 1:
         raise UserError(f"--ray-actors {actors} leaves no CPU of the Ray cluster's {cpus} for reading the sources; give at most {cpus - 1}")
-    return ActorPlan(actors, "cpu")
+    # Ray books one CPU per actor and one per read task, but a read mostly waits on the disk:
+    # like LocalEngine (torch on every core, reads and writes beside it), each actor's torch
+    # gets its share of all cores, capped by this process's own thread setting (--threads,
+    # OMP_NUM_THREADS), which the actors' values then match.
+    import torch
+
+    return ActorPlan(actors, "cpu", torch_threads=min(torch.get_num_threads(), max(1, cpus // actors)))

@@ -70,7 +70,7 @@ class RayEngine:
             with warnings.catch_warnings():  # Ray's deprecation notice for max_restarts, a remote arg it still honours
                 warnings.simplefilter("ignore")
                 labelled = rows.map_batches(
-                    Labeller, fn_constructor_kwargs={"context": portable, "device_type": actors.device_type,
+                    Labeller, fn_constructor_kwargs={"context": portable, "device_type": actors.device_type, "threads": actors.torch_threads,
                                                      "plans": {job.plan.index: job.plan for job in jobs}},
                     batch_size=cfg.batch_size, batch_format="pyarrow", compute=ActorPoolStrategy(size=actors.actors),
                     num_gpus=actors.gpus_per_actor, num_cpus=actors.cpus_per_actor,
@@ -103,11 +103,13 @@ class Labeller:
     """The actor of `map_batches`: the teacher ensemble, loaded once per actor from the
     teacher files (setup.with_models), labelling whole teacher batches."""
 
-    def __init__(self, context: Context, device_type: str, plans: dict[int, ShardPlan]) -> None:
+    def __init__(self, context: Context, device_type: str, threads: int | None, plans: dict[int, ShardPlan]) -> None:
         import torch
 
         from transferset.generate.setup import with_models
 
+        if threads:
+            torch.set_num_threads(threads)
         # On a GPU actor Ray makes the actor's one GPU the only visible one: "cuda" is it.
         self.context = with_models(context, torch.device(device_type))
         self.plans = plans
