@@ -77,7 +77,9 @@ class _Child:
         said = _CHILD_ERROR.sub("", lines[-1]) if lines else f"exit status {code}"
         if code < 0:
             said = f"killed by signal {-code}"
-        return f"the process on device {self.device} (writer {self.index} of {count}) failed: {said}"
+        # A refused input (exit 2) says its own fix; after a crash or a kill the rerun resumes.
+        resume = "" if code == 2 else "; rerun the same command to resume"
+        return f"the process on device {self.device} (writer {self.index} of {count}) failed: {said}{resume}"
 
 
 def run_per_device(argv: list[str], devices: list[str], out: Path, total_rows: int, threads: int | None, quiet: bool) -> None:
@@ -98,7 +100,7 @@ def run_per_device(argv: list[str], devices: list[str], out: Path, total_rows: i
         say(f"generate: {count} processes, on {', '.join(devices)}", quiet)
         failed = _wait(children, out, total_rows, quiet)
         if failed:
-            raise UserError(failed[0].failure(count) + "; rerun the same command to resume")
+            raise UserError(failed[0].failure(count))
     if not (out / MANIFEST).exists():
         raise UserError(f"every process on {', '.join(devices)} finished, but {out} has no manifest; rerun the same command to finish it")
     manifest = read_manifest(out)

@@ -102,7 +102,7 @@ def _init(ray, address: str | None) -> None:
     where = f"at --ray-address {address}"
     if thread.is_alive():
         raise UserError(f"no Ray cluster answered {where} within {CONNECT_TIMEOUT_S:.0f} s; check the address "
-                        f"(`ray status` on the head node prints it) or drop --ray-address to run Ray on this machine")
+                        f"(ray status on the head node prints it) or drop --ray-address to run Ray on this machine")
     if "error" in outcome:
         raise UserError(f"could not join the Ray cluster {where} ({first_line(outcome['error'])}); check the address, "
                         f"or drop --ray-address to run Ray on this machine")
@@ -129,7 +129,7 @@ def _check_reachable(address: str) -> None:
         raise UserError(f"--ray-address {address!r} is not HOST:PORT, ray://HOST:PORT or auto") from None
     except OSError as error:
         raise UserError(f"cannot reach the Ray cluster at --ray-address {address} ({first_line(error) or 'timed out'}); "
-                        f"check the address and that `ray start --head` runs there") from None
+                        f"check the address and that ray start --head runs there") from None
 
 
 @dataclass(frozen=True)
