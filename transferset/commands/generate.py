@@ -87,7 +87,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("output and compute")
     g.add_argument("--out", required=True, help="transfer-set directory")
     g.add_argument("--overwrite", action="store_true", help="replace an output made with a different configuration")
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    g.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: auto)")
+    g.add_argument("--devices", metavar="D,D,...",
+                   help="one process per device, e.g. cuda:0,cuda:1 (cpu,cpu for CPU processes): disjoint shards, one set")
     g.add_argument("--precision", default="fp32", help="teacher precision: fp32, bf16 or fp16 (CUDA); targets are always combined in float32 (default: fp32)")
     add_threads_flag(g)
     g.add_argument("--batch-size", type=int, help="rows per teacher batch (default: 1024)")
@@ -95,14 +97,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="for a token source: rows per teacher batch by token budget, N // (tokens per row)")
     g.add_argument("--shard-rows", type=int, default=131072, help="rows per Parquet shard (default: 131072)")
     g.add_argument("--row-group-rows", type=int, default=32768, help="rows per Parquet row group (default: 32768)")
-    g.add_argument("--engine", default="local", help="who runs the shard jobs: local (this process; default)")
+    g.add_argument("--engine", default="local",
+                   help="who runs the shard jobs: local (this process; default) or ray (Ray Data; pip install 'transferset[ray]')")
+    g.add_argument("--ray-address", metavar="auto|HOST:PORT",
+                   help="--engine ray: join this Ray cluster (default: start Ray on this machine for the run)")
+    g.add_argument("--ray-actors", type=int, metavar="N",
+                   help="--engine ray: teacher actors (default: one per GPU of the cluster, else one per CPU but one)")
     g = p.add_argument_group("dataset card (README.md in the set; never part of its checksums)")
     g.add_argument("--card-license", metavar="ID", help="license identifier, e.g. cc-by-4.0 (default: unknown)")
     g.add_argument("--card-description", metavar="TEXT", help="what the set is, for people who find it")
     g.add_argument("--card-task", metavar="CATEGORY", help="dataset-hub task category (default: from the input shape)")
     g = p.add_argument_group("writers")
-    g.add_argument("--writer-index", type=int, default=0, help="this writer's index, for several independent writers (default: 0)")
-    g.add_argument("--num-writers", type=int, default=1, help="how many independent writers share the shards (default: 1)")
+    g.add_argument("--writer-index", type=int, help="this writer's index, for several independent writers (default: 0)")
+    g.add_argument("--num-writers", type=int, help="how many independent writers share the shards (default: 1)")
 
 
 def _batch_rows(args: argparse.Namespace, spec) -> int:
@@ -142,6 +149,8 @@ def run(args: argparse.Namespace) -> int:
 
     from transferset.format.codecs import parse_targets
 
+    if args.devices:
+        return _run_per_device(args)
     apply_threads(args.threads)
     target_kind, target_options = parse_targets(args.targets)
     warn_license(args.card_license, "generate")
@@ -167,13 +176,15 @@ def run(args: argparse.Namespace) -> int:
         batch_size=_batch_rows(args, spec),
         shard_rows=args.shard_rows,
         row_group_rows=args.row_group_rows,
-        device=args.device,
+        device=args.device or "auto",
         precision=args.precision,
-        writer_index=args.writer_index,
-        num_writers=args.num_writers,
+        writer_index=0 if args.writer_index is None else args.writer_index,
+        num_writers=1 if args.num_writers is None else args.num_writers,
         overwrite=args.overwrite,
         trust_checkpoint=args.trust_checkpoint,
         engine=args.engine,
+        ray_address=args.ray_address,
+        ray_actors=args.ray_actors,
         quiet=args.quiet,
         card_license=args.card_license,
         card_description=args.card_description,
@@ -182,6 +193,30 @@ def run(args: argparse.Namespace) -> int:
         specialist_top=args.specialist_top,
     )
     run_generate(cfg)
+    return 0
+
+
+def _run_per_device(args: argparse.Namespace) -> int:
+    """--devices: one child generate per device (transferset/generate/per_device.py)."""
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+
+    from transferset.errors import UserError
+    from transferset.generate.per_device import parse_devices, run_per_device
+    from transferset.io import expand_parquet_paths
+
+    for flag, value, why in (("--device", args.device, "each process gets one of --devices"),
+                             ("--num-writers", args.num_writers, "--devices starts one writer per device"),
+                             ("--writer-index", args.writer_index, "--devices starts one writer per device")):
+        if value is not None:
+            raise UserError(f"--devices and {flag} contradict: {why}; drop {flag}")
+    if args.engine != "local":
+        raise UserError(f"--devices runs local engines, one per device; --engine {args.engine} places its own workers "
+                        f"(Ray: --ray-actors); drop one of them")
+    devices = parse_devices(args.devices)
+    rows = sum(pq.ParquetFile(p).metadata.num_rows for p in expand_parquet_paths(args.source, "source"))
+    run_per_device(args.argv, devices, Path(args.out), rows, args.threads, args.quiet)
     return 0
 
 

@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     exit through argparse (SystemExit 2), as `--help` and `--version` exit with 0."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what a command that starts copies of itself repeats
     from transferset.errors import UserError
 
     if not args.debug:

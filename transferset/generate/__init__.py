@@ -27,7 +27,7 @@ from transferset.format.schema import target_schema
 from transferset import ownership
 from transferset.generate import setup, specialists
 from transferset.generate.config import GenerateConfig
-from transferset.generate.engines import get_engine
+from transferset.generate.engines import get_engine, session
 from transferset.generate.setup import Context
 from transferset.generate.shard import ShardJob, generate_shard
 from transferset.io import reporting_write_errors
@@ -43,7 +43,7 @@ def run_generate(cfg: GenerateConfig) -> Manifest | None:
     failed run removes an --out it created and left empty (ownership.py)."""
     cfg.validate()
     engine = get_engine(cfg.engine)
-    with ownership.scope():
+    with session(engine, cfg), ownership.scope():
         return _run(cfg, engine)
 
 

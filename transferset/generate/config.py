@@ -45,6 +45,9 @@ class GenerateConfig:
     device: str = "auto"
     precision: str = "fp32"
     engine: str = "local"
+    # --engine ray only; never fingerprinted (an engine decides where the work runs, not the values)
+    ray_address: str | None = None  # None: start Ray on this machine; "auto" or HOST:PORT: join a cluster
+    ray_actors: int | None = None  # None: one per GPU of the cluster, else one per CPU but one (reads need a CPU)
     writer_index: int = 0
     num_writers: int = 1
     overwrite: bool = False
@@ -77,8 +80,19 @@ class GenerateConfig:
             problems.append(f"--precision must be fp32, bf16 or fp16, got {self.precision!r}")
         if not 0 <= self.writer_index < self.num_writers:
             problems.append(f"--writer-index must be in [0, --num-writers={self.num_writers}), got {self.writer_index}")
+        problems += self._engine_problems()
         if problems:
             raise UserError("; ".join(problems))
+
+    def _engine_problems(self) -> list[str]:
+        problems = []
+        if self.engine != "ray":
+            for flag, value in (("--ray-address", self.ray_address), ("--ray-actors", self.ray_actors)):
+                if value is not None:
+                    problems.append(f"{flag} applies to --engine ray, not --engine {self.engine}; add --engine ray or drop {flag}")
+        elif self.ray_actors is not None and self.ray_actors <= 0:
+            problems.append(f"--ray-actors must be positive, got {self.ray_actors}")
+        return problems
 
     def _specialist_problems(self) -> list[str]:
         """What is wrong with the --specialist flags that needs no model (classes vs C: at the probe batch)."""

@@ -14,9 +14,10 @@ the GIL while it compresses). Bounded queues keep memory flat.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
-from typing import Iterator, Protocol
+from typing import ContextManager, Iterator, Protocol
 
 from transferset.registry import Registry
 from transferset.format.schema import parquet_options
@@ -28,6 +29,9 @@ from transferset.writer import ShardWriter
 
 class Engine(Protocol):
     name: str
+
+    # Optional: `session(cfg)`, a context manager around the whole run, entered before --out is
+    # touched (Ray: import it and connect, so a missing package or an unreachable cluster writes nothing).
 
     def run(self, jobs: list[ShardJob], context: Context, bar: Progress) -> None:
         """Run every job to a published shard (with its record); advance `bar` by rows."""
@@ -55,6 +59,12 @@ class LocalEngine:
         except BaseException:
             writer.abort()
             raise
+
+
+def session(engine: Engine, cfg) -> ContextManager:
+    """The engine's session around a run (nothing for engines without one)."""
+    start = getattr(engine, "session", None)
+    return start(cfg) if start is not None else contextlib.nullcontext()
 
 
 def prefetch(iterator: Iterator, depth: int) -> Iterator:
@@ -95,3 +105,5 @@ def prefetch(iterator: Iterator, depth: int) -> Iterator:
 
 
 register(LocalEngine())
+
+from transferset.generate import ray_engine  # noqa: E402,F401  (registers "ray"; imports Ray only when run)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import platform
+import dataclasses
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -179,6 +180,21 @@ def load_teachers(cfg: GenerateConfig, device: torch.device) -> tuple[list[teach
     # --teacher-weight per member; members without one weigh 1 (None: all equal).
     weights = None if all(w is None for w in given) else [1.0 if w is None else w for w in given]
     return teachers, normalised_weights(weights, len(teachers))
+
+
+def with_models(context: Context, device: torch.device) -> Context:
+    """`context` with its teachers and specialists loaded again, on `device`: how a worker of
+    another engine (a Ray actor, on any machine of a cluster) rebuilds the ensemble from the
+    same files. A file that no longer holds what the provenance recorded is refused, so one
+    set never mixes the targets of two versions of a teacher."""
+    teachers, weights = load_teachers(context.cfg, device)
+    loaded_specialists = specialists.load(context.cfg, device)
+    recorded = [t.get("sha256") for t in context.provenance.teachers]
+    for teacher, sha in zip(teachers + loaded_specialists, recorded):
+        if teacher.sha256 != sha:
+            raise UserError(f"teacher {teacher.name!r} on this worker is not the one this set was started with "
+                            f"(sha256 {teacher.sha256[:12]} vs {str(sha)[:12]}); give every machine the same teacher files")
+    return dataclasses.replace(context, teachers=teachers, weights=weights, device=device, specialists=loaded_specialists)
 
 
 def check_vocabulary(cfg: GenerateConfig, teachers: list, sources: list[SourceFile]) -> None:
