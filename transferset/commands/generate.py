@@ -83,6 +83,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--storage-dtype", default="float16", help="float16 (default, see docs/format.md) or float32")
     g.add_argument("--keep-teacher-logits", action="store_true", help="also store every member's raw logits")
     g.add_argument("--class-names", metavar="A,B,...", help="class names, stored in the provenance")
+    g.add_argument("--views", type=int, metavar="V", help="store V augmented views per row, each with its params and its "
+                   "target (--targets dense or topk:K per view; docs/vision.md)")
+    g.add_argument("--augment", metavar="SPEC", help="the views' augmentation, e.g. 'random-resized-crop(224,scale=0.35-1),hflip' "
+                   "or 'shift(2)' (docs/vision.md)")
+    g.add_argument("--augment-seed", type=int, default=0, metavar="N", help="seed of the views' params (default: 0)")
 
     g = p.add_argument_group("output and compute")
     g.add_argument("--out", required=True, help="transfer-set directory")
@@ -143,7 +148,9 @@ def run(args: argparse.Namespace) -> int:
     from transferset.format.codecs import parse_targets
 
     apply_threads(args.threads)
-    target_kind, target_options = parse_targets(args.targets)
+    from transferset.views.expand import views_options
+
+    target_kind, target_options = views_options(args.views, args.augment, args.augment_seed, *parse_targets(args.targets))
     warn_license(args.card_license, "generate")
     members = [(TeacherSpec(t["spec"], t.get("weights"), t.get("ensemble_weight"), t.get("output")), t) for t in args.teachers]
     teachers = [spec for spec, t in members if not t["specialist"]]

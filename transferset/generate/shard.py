@@ -32,6 +32,7 @@ from transferset.format.codecs import sequence_length
 from transferset.inputs import TARGET_MASK
 from transferset.io import write_failure
 from transferset.sources import ShardPlan, SourceFile, read_shard_rows
+from transferset.views.expand import ViewPlan
 from transferset.writer import RowGroups, publish_shard, temp_path
 
 
@@ -65,8 +66,14 @@ def label_batch(job: ShardJob, first_row: int, batch: pa.RecordBatch, x: dict[st
     ctx = job.context
     pin = ctx.device.type == "cuda"
     x = {k: v.to(ctx.device, non_blocking=pin) for k, v in x.items()}
+    ids = _ids(job, batch, first_row)
+    params = None
+    if ctx.provenance.target_kind == "views":  # each row's V augmented views (transferset/views/expand.py)
+        x, params = ViewPlan.from_options(ctx.provenance.target_options).expand(x, ids.to_pylist())
     inputs = named_inputs(ctx.cfg, x)
     member = teacher_lib.run_teachers(ctx.teachers, inputs, ctx.cfg.precision)  # (K, B, C) or (K, B, L, V)
+    if params is not None:
+        member = member.reshape(member.shape[0], batch.num_rows, params.shape[1], -1)  # (K, B, views, C)
     _check_finite(member, job, first_row, ctx.teachers)
     special = None
     if ctx.specialists:  # other widths than the generalists: run (and checked) one by one
@@ -75,10 +82,10 @@ def label_batch(job: ShardJob, first_row: int, batch: pa.RecordBatch, x: dict[st
             _check_finite(logits.unsqueeze(0), job, first_row, [t])
     target = combine(member, ctx.cfg.combine, ctx.cfg.temperature, ctx.weights, special)  # (B, C) or (B, L, V) float32
     columns = {
-        ID: _ids(job, batch, first_row),
+        ID: ids,
         SOURCE: pa.array([job.source.path] * batch.num_rows, pa.string()),
         LABEL: batch.column(ctx.cfg.label_column).cast(pa.int32()) if job.source.has_label else pa.nulls(batch.num_rows, pa.int32()),
-        **_encode(ctx, target, member, x.get(TARGET_MASK) if sequence_length(ctx.provenance) else None),
+        **_encode(ctx, target, member, x.get(TARGET_MASK) if sequence_length(ctx.provenance) else None, params),
     }
     spec = ctx.cfg.input_spec
     for name in spec.columns:
@@ -87,8 +94,11 @@ def label_batch(job: ShardJob, first_row: int, batch: pa.RecordBatch, x: dict[st
     return pa.RecordBatch.from_arrays([columns[f.name] for f in ctx.schema], schema=ctx.schema)
 
 
-def _encode(ctx: Context, target: torch.Tensor, member: torch.Tensor, positions: torch.Tensor | None) -> dict[str, pa.Array]:
-    """The codec's columns; per-token targets also name their target positions."""
+def _encode(ctx: Context, target: torch.Tensor, member: torch.Tensor, positions: torch.Tensor | None,
+            params=None) -> dict[str, pa.Array]:
+    """The codec's columns; per-token targets also name their target positions, views their params."""
+    if params is not None:
+        return ctx.codec.encode(target, member, ctx.provenance, params=params)
     if positions is None:
         return ctx.codec.encode(target, member, ctx.provenance)
     return ctx.codec.encode(target, member, ctx.provenance, positions=positions)

@@ -1,0 +1,282 @@
+"""Augmentation as data: a spec parsed from a small grammar, integer parameters drawn
+per (row, view) by a pure function, and `apply(images, params)`, pure and deterministic.
+
+The grammar (`--augment`), ops separated by commas, applied left to right:
+
+    random-resized-crop(SIZE[,scale=LO-HI][,ratio=LO-HI])
+        a box of LO..HI of the image's area with aspect ratio (w/h) in LO..HI (drawn
+        log-uniformly), resized to SIZE x SIZE (bilinear). Defaults scale=0.08-1,
+        ratio=0.75-1.3333333333333333 (torchvision's); 10 tries, then the central box.
+        Params: top, left, height, width (pixels of its input).
+    hflip[(p=P)]
+        mirror left-right with probability P (default 0.5). Params: 1 or 0.
+    shift(N)   (also: jitter(N))
+        move the image by dy, dx in -N..N whole pixels, uniformly; what moves in is 0
+        (Hinton et al.'s MNIST "jittered by up to two pixels"). Params: dy, dx.
+
+Parameters are integers (pixels, flags), so they are stored exactly (int16 per
+view) and a stored view replays bit for bit: the same params on the same decoded
+input give the same float32 tensor. `apply` uses only elementwise float32 ops,
+flips, exact integer shifts and `grid_sample` (no reductions, no batch-size
+dependent kernels), so a row's result does not depend on the rows batched with it.
+
+Augmentations act on the model's input tensor [N, C, H, W] (after the input spec's
+scale, mean and std): shift's 0 is therefore the mean colour of a normalised input
+and 0 of an unnormalised one.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from transferset.errors import UserError
+from transferset.views.draws import uniforms
+
+MAX_SIZE = 4096
+MAX_SHIFT = 64
+TRIES = 10  # random-resized-crop attempts before the central box (torchvision's)
+
+
+def _number(value: float) -> str:
+    """A float as the shortest text that reads back as the same float."""
+    return repr(float(value)).removesuffix(".0")
+
+
+@dataclass(frozen=True)
+class RandomResizedCrop:
+    size: int
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (0.75, 4 / 3)
+    count = 4
+
+    @property
+    def text(self) -> str:
+        return (f"random-resized-crop({self.size},scale={_number(self.scale[0])}-{_number(self.scale[1])},"
+                f"ratio={_number(self.ratio[0])}-{_number(self.ratio[1])})")
+
+    def output_size(self, size: tuple[int, int]) -> tuple[int, int]:
+        return self.size, self.size
+
+    def draw(self, seed: int, keys: np.ndarray, views: np.ndarray, stream: int, size: tuple[int, int]) -> np.ndarray:
+        height, width = size
+        u = uniforms(seed, keys, views, stream, 4 * TRIES).reshape(len(keys), len(views), TRIES, 4)
+        area = height * width * (self.scale[0] + u[..., 0] * (self.scale[1] - self.scale[0]))
+        log_lo, log_hi = math.log(self.ratio[0]), math.log(self.ratio[1])
+        aspect = np.exp(log_lo + u[..., 1] * (log_hi - log_lo))
+        w = np.rint(np.sqrt(area * aspect)).astype(np.int64)
+        h = np.rint(np.sqrt(area / aspect)).astype(np.int64)
+        fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+        top = np.floor(u[..., 2] * (height - h + 1)).astype(np.int64)
+        left = np.floor(u[..., 3] * (width - w + 1)).astype(np.int64)
+        first = fits.argmax(axis=-1)[..., None]  # the first try that fits
+        pick = lambda a: np.take_along_axis(a, first, axis=-1)[..., 0]  # noqa: E731
+        params = np.stack([pick(top), pick(left), pick(h), pick(w)], axis=-1)
+        params[~fits.any(axis=-1)] = self._central(height, width)
+        return params
+
+    def _central(self, height: int, width: int) -> np.ndarray:
+        """torchvision's fallback: the whole image, its aspect clamped into `ratio`."""
+        aspect = width / height
+        if aspect < self.ratio[0]:
+            w, h = width, int(round(width / self.ratio[0]))
+        elif aspect > self.ratio[1]:
+            h, w = height, int(round(height * self.ratio[1]))
+        else:
+            w, h = width, height
+        return np.array([(height - h) // 2, (width - w) // 2, h, w], np.int64)
+
+    def apply(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        """Bilinear resample of each row's box to size x size, by grid_sample (align_corners=False,
+        so a box of the whole image at its own size is the identity up to rounding)."""
+        n, _, height, width = x.shape
+        p = params.to(torch.float64)
+        top, left, h, w = p[:, 0], p[:, 1], p[:, 2], p[:, 3]
+        # Output pixel j's centre, in [-1, 1], maps to input x = (w/W) * x_out + (2 left + w)/W - 1.
+        ax, bx = (w / width).to(torch.float32), ((2 * left + w) / width - 1).to(torch.float32)
+        ay, by = (h / height).to(torch.float32), ((2 * top + h) / height - 1).to(torch.float32)
+        centres = ((2 * torch.arange(self.size, dtype=torch.float64) + 1) / self.size - 1).to(torch.float32).to(x.device)
+        gx = ax[:, None].to(x.device) * centres[None, :] + bx[:, None].to(x.device)  # [n, S]
+        gy = ay[:, None].to(x.device) * centres[None, :] + by[:, None].to(x.device)
+        grid = torch.stack([gx[:, None, :].expand(n, self.size, self.size), gy[:, :, None].expand(n, self.size, self.size)], dim=-1)
+        return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+@dataclass(frozen=True)
+class HorizontalFlip:
+    p: float = 0.5
+    count = 1
+
+    @property
+    def text(self) -> str:
+        return f"hflip(p={_number(self.p)})"
+
+    def output_size(self, size):
+        return size
+
+    def draw(self, seed, keys, views, stream, size) -> np.ndarray:
+        return (uniforms(seed, keys, views, stream, 1) < self.p).astype(np.int64)
+
+    def apply(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        flip = params[:, 0].to(x.device).bool().view(-1, 1, 1, 1)
+        return torch.where(flip, x.flip(-1), x)
+
+
+@dataclass(frozen=True)
+class Shift:
+    pixels: int
+    count = 2
+
+    @property
+    def text(self) -> str:
+        return f"shift({self.pixels})"
+
+    def output_size(self, size):
+        return size
+
+    def draw(self, seed, keys, views, stream, size) -> np.ndarray:
+        if self.pixels >= min(size):
+            raise UserError(f"--augment shift({self.pixels}) moves the whole {size[0]}x{size[1]} image out; N must be in 0..{min(size) - 1}")
+        return np.floor(uniforms(seed, keys, views, stream, 2) * (2 * self.pixels + 1)).astype(np.int64) - self.pixels
+
+    def apply(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        """Exact integer shifts: a zero-padded copy, one slice per distinct (dy, dx)."""
+        n = self.pixels
+        height, width = x.shape[-2:]
+        padded = F.pad(x, (n, n, n, n))
+        out = torch.empty_like(x)
+        shifts = params.cpu().numpy()
+        for dy, dx in {(int(a), int(b)) for a, b in shifts}:
+            rows = torch.from_numpy(np.flatnonzero((shifts[:, 0] == dy) & (shifts[:, 1] == dx))).to(x.device)
+            out[rows] = padded[rows, :, n - dy : n - dy + height, n - dx : n - dx + width]
+        return out
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """A parsed --augment: its ops, in order; `text` is canonical (recorded in the provenance)."""
+
+    ops: tuple
+
+    @property
+    def text(self) -> str:
+        return ",".join(op.text for op in self.ops)
+
+    @property
+    def count(self) -> int:
+        """Integer params per view."""
+        return sum(op.count for op in self.ops)
+
+    def output_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """[C, H, W] of a view of an input of `shape`; inputs that are not images are refused."""
+        if len(shape) != 3:
+            raise UserError(f"--augment needs image inputs shaped C,H,W; the input shape is {','.join(map(str, shape))} "
+                            f"(for MNIST rows of 784 values give --input-shape 1,28,28)")
+        size = shape[1:]
+        for op in self.ops:
+            size = op.output_size(size)
+        return (shape[0], *size)
+
+    def draw(self, seed: int, keys: np.ndarray, views: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        """int64 [B, V, count]: the params of view views[v] of the row with key keys[b]."""
+        size, parts = tuple(shape[1:]), []
+        for stream, op in enumerate(self.ops):
+            parts.append(op.draw(seed, keys, views, stream, size).reshape(len(keys), len(views), op.count))
+            size = op.output_size(size)
+        return np.concatenate(parts, axis=-1)
+
+    def apply(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        """x float32 [N, C, H, W], params int [N, count] -> the views, float32 [N, *output_shape]."""
+        start = 0
+        for op in self.ops:
+            x = op.apply(x, params[:, start : start + op.count])
+            start += op.count
+        return x
+
+
+# -- the grammar ------------------------------------------------------------------
+
+_OP = re.compile(r"^\s*([a-z][a-z-]*)\s*(?:\((.*)\))?\s*$", re.S)
+_KNOWN = "random-resized-crop(SIZE,scale=LO-HI,ratio=LO-HI), hflip(p=P), shift(N)"
+
+
+def _split_top(text: str) -> list[str]:
+    """Split at commas outside parentheses."""
+    parts, depth, current = [], 0, ""
+    for ch in text:
+        depth += (ch == "(") - (ch == ")")
+        if ch == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += ch
+    return parts + [current]
+
+
+def _range(op: str, key: str, text: str, lo: float, hi: float, hi_open: bool = False) -> tuple[float, float]:
+    first, _, second = text.partition("-")
+    try:
+        values = (float(first), float(second or first))
+    except ValueError:
+        raise UserError(f"--augment {op}: {key}={text} must look like LO-HI, e.g. {key}=0.35-1") from None
+    top = f"{hi:g}" if not hi_open else "inf"
+    if not (lo < values[0] <= values[1] and (values[1] <= hi or hi_open) and math.isfinite(values[1])):
+        raise UserError(f"--augment {op}: {key}={text} is out of range; give {lo:g} < LO <= HI <= {top}")
+    return values
+
+
+def _integer(op: str, text: str, lo: int, hi: int, what: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise UserError(f"--augment {op}: {what} {text!r} must be a whole number in {lo}..{hi}") from None
+    if not lo <= value <= hi:
+        raise UserError(f"--augment {op}: {what} {value} is out of range; give {lo}..{hi}")
+    return value
+
+
+def _op(text: str):
+    found = _OP.match(text)
+    if not found:
+        raise UserError(f"--augment {text.strip()!r} is not an op; write ops like {_KNOWN}, separated by commas")
+    name, args_text = found.group(1), found.group(2)
+    args = [a.strip() for a in _split_top(args_text)] if args_text and args_text.strip() else []
+    positional = [a for a in args if "=" not in a]
+    keyed = dict(a.split("=", 1) for a in args if "=" in a)
+    keyed = {k.strip(): v.strip() for k, v in keyed.items()}
+    allowed = {"random-resized-crop": (1, {"scale", "ratio"}), "hflip": (0, {"p"}), "shift": (1, set()), "jitter": (1, set())}
+    if name not in allowed:
+        raise UserError(f"--augment: unknown augmentation {name!r}; known: {_KNOWN}")
+    n_positional, keys = allowed[name]
+    unknown = sorted(set(keyed) - keys)
+    if len(positional) != n_positional or unknown:
+        raise UserError(f"--augment {text.strip()}: wrong arguments; write {[o for o in _KNOWN.split(', ') if o.startswith(name[:5])][0]}")
+    if name == "random-resized-crop":
+        size = _integer(name, positional[0], 1, MAX_SIZE, "SIZE")
+        scale = _range(name, "scale", keyed["scale"], 0, 1) if "scale" in keyed else (0.08, 1.0)
+        ratio = _range(name, "ratio", keyed["ratio"], 0, math.inf, hi_open=True) if "ratio" in keyed else (0.75, 4 / 3)
+        return RandomResizedCrop(size, scale, ratio)
+    if name == "hflip":
+        p = keyed.get("p", "0.5")
+        try:
+            prob = float(p)
+        except ValueError:
+            prob = float("nan")
+        if not 0 <= prob <= 1:
+            raise UserError(f"--augment hflip: p={p} is out of range; give 0 <= p <= 1")
+        return HorizontalFlip(prob)
+    return Shift(_integer(name, positional[0], 0, MAX_SHIFT, "N"))
+
+
+def parse_augment(text: str) -> Augmentation:
+    """`--augment SPEC` -> an Augmentation; every problem is one line naming the op."""
+    if not text or not text.strip():
+        raise UserError(f"--augment is empty; give ops like {_KNOWN}")
+    if text.count("(") != text.count(")"):
+        raise UserError(f"--augment {text!r} has unbalanced parentheses")
+    return Augmentation(tuple(_op(part) for part in _split_top(text)))
