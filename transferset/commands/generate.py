@@ -137,6 +137,24 @@ def _token_inputs(args: argparse.Namespace):
     return token_spec(expand_parquet_paths(args.source, "source"))
 
 
+def _image_inputs(args: argparse.Namespace, spec):
+    """Image inputs for a `convert --image-folder` source: its image column, decoded to --input-shape."""
+    from dataclasses import replace
+
+    from transferset.errors import UserError
+    from transferset.images import image_metadata
+    from transferset.io import expand_parquet_paths
+
+    paths = expand_parquet_paths(args.source, "source")
+    meta = image_metadata(paths[0]) if paths else None
+    if meta is None:
+        return spec
+    if spec.shape is None:
+        raise UserError(f"source {paths[0]!r} holds encoded images; give --input-shape C,H,W, the size they are decoded to "
+                        f"(e.g. 3,224,224), and usually --input-scale 1/255 --input-mean ... --input-std ...")
+    return replace(spec, columns=tuple(args.input_column) if args.input_column else (meta["image_column"],), image=True)
+
+
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -157,6 +175,7 @@ def run(args: argparse.Namespace) -> int:
     specialists = [_specialist(spec, t) for spec, t in members if t["specialist"]]
     # A student.pt2 declares the preprocessing it was trained on: flags complete it or must agree with it.
     spec = _token_inputs(args) or input_spec_for(args, [spec for spec, _ in members], lambda line: say(line, args.quiet))
+    spec = _image_inputs(args, spec)
     cfg = GenerateConfig(
         teachers=teachers,
         sources=args.source,

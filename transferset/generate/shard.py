@@ -90,7 +90,8 @@ def label_batch(job: ShardJob, first_row: int, batch: pa.RecordBatch, x: dict[st
     spec = ctx.cfg.input_spec
     for name in spec.columns:
         column = batch.column(name)
-        columns[name] = spec.fixed_column(column, job.source.path, first_row=first_row) if spec.transform is None else column
+        keep_as_is = spec.transform is not None or spec.image  # encoded images are stored as they are
+        columns[name] = column if keep_as_is else spec.fixed_column(column, job.source.path, first_row=first_row)
     return pa.RecordBatch.from_arrays([columns[f.name] for f in ctx.schema], schema=ctx.schema)
 
 
