@@ -256,7 +256,7 @@ class StreamSource:
                 if b_lo >= window.stop:
                     break
                 a, b = max(b_lo, window.start), min(b_hi, window.stop)
-                pending.append(data.take(positions[a - window.start : b - window.start]))
+                pending.append(data.take(positions[a - window.start : b - window.start], window))
                 if b_hi > window.stop:
                     break  # the rest of batch k is in the next window
                 yield self._assemble(pending, extra)
