@@ -52,7 +52,15 @@ def resnet(num_classes: int, input_shape: tuple[int, ...], depths: tuple[int, ..
         for block in range(depth):
             layers.append(BasicBlock(cin, cout, 2 if stage > 0 and block == 0 else 1))
             cin = cout
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, num_classes)]
+    head = nn.Linear(cin, num_classes)
+    # A zero classifier starts at the uniform prediction, and each block's last BatchNorm at 0 starts the
+    # block as the identity (Goyal et al. 2017): the first steps cannot blow the loss up from a random start.
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
+    for layer in layers:
+        if isinstance(layer, BasicBlock):
+            nn.init.zeros_(layer.bn2.weight)
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), head]
     return nn.Sequential(*layers)
 
 
