@@ -150,3 +150,19 @@ def test_bad_views_flags_write_nothing(views_set, tmp_path, flags, fragment):
     _, _, source, _ = views_set
     out = tmp_path / "set"
     _refused(_generate(source, out, *flags), fragment, out)
+
+
+def test_the_cards_recipe_decodes_the_images_as_generate_did(views_set, monkeypatch):
+    import re
+
+    _, _, _, out = views_set
+    code = re.search(r"```python\n(.*?)```", (out / "README.md").read_text(), re.S).group(1)
+    monkeypatch.chdir(out.parent)
+    scope = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    table = scope["table"]
+    spec = InputSpec.from_dict(read_manifest(out).provenance.input)
+    torch.testing.assert_close(scope["x"], spec.to_tensor(table), atol=1e-6, rtol=0)
+    logits = np.array(table.column("logits").to_pylist())[:, 0]
+    want = np.exp(logits - logits.max(1, keepdims=True))
+    np.testing.assert_allclose(scope["targets"], want / want.sum(1, keepdims=True), rtol=1e-5, atol=1e-7)
