@@ -166,3 +166,19 @@ def test_the_cards_recipe_decodes_the_images_as_generate_did(views_set, monkeypa
     logits = np.array(table.column("logits").to_pylist())[:, 0]
     want = np.exp(logits - logits.max(1, keepdims=True))
     np.testing.assert_allclose(scope["targets"], want / want.sum(1, keepdims=True), rtol=1e-5, atol=1e-7)
+
+
+def test_a_topk_views_set_verifies_and_other_readers_read_it(views_set, tmp_path):
+    _, _, source, _ = views_set
+    out = tmp_path / "topk"
+    _generate(source, out, "--targets", "topk:3", "--storage-dtype", "float16", check=True)
+    assert run_in_process("verify", out).returncode == 0
+    shard = out / "part-00000.parquet"
+    encodings = {pq.ParquetFile(shard).metadata.row_group(0).column(i).path_in_schema: pq.ParquetFile(shard).metadata.row_group(0).column(i).encodings
+                 for i in range(pq.ParquetFile(shard).metadata.num_columns)}
+    assert "DELTA_BINARY_PACKED" in encodings["target_token_ids.list.element.list.element"]
+    duckdb = pytest.importorskip("duckdb")
+    rows = duckdb.sql(f"select id, target_token_ids, view_params from '{shard}' order by id").fetchall()
+    table = pq.read_table(shard).sort_by("id")
+    assert [list(map(list, r[1])) for r in rows] == table.column("target_token_ids").to_pylist()
+    assert [list(map(list, r[2])) for r in rows] == table.column("view_params").to_pylist()
