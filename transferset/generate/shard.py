@@ -2,7 +2,8 @@
 
 The work is split into pure steps that an engine composes:
 
-    read_batches(job)          source rows -> (first row, Arrow batch, named input tensors)
+    read_batches(job)          source rows -> (first row, Arrow batch, named input tensors; a views
+                               set's V views per row on CPU)
     label_batch(job, ...)      teachers -> combine -> codec -> one Arrow batch of the shard
     generate_shard(job)        both, written straight to the shard file: -> ShardRecord
 
@@ -56,9 +57,18 @@ def read_batches(job: ShardJob) -> Iterator[tuple[int, pa.RecordBatch, dict[str,
     if cfg.id_column and cfg.id_column not in columns:
         columns.append(cfg.id_column)
     pin = job.context.device.type == "cuda"
+    views = _views(job.context)
     for first_row, batch in read_shard_rows(job.source, job.plan, columns, cfg.batch_size):
         x = spec.to_inputs(batch, f"source {job.source.path!r}", first_row=first_row)
+        if views is not None and not pin:  # on CPU the views are made here, on the reading thread, beside the teachers
+            x = views.expand(x, _ids(job, batch, first_row).to_pylist())[0]
         yield first_row, batch, ({k: v.pin_memory() for k, v in x.items()} if pin else x)
+
+
+def _views(ctx: Context) -> ViewPlan | None:
+    """The views of a views set (transferset/views/expand.py), else None. On CUDA they are made on
+    the device in label_batch (CPU augmentation would starve a GPU teacher); on CPU by read_batches."""
+    return ViewPlan.from_options(ctx.provenance.target_options) if ctx.provenance.target_kind == "views" else None
 
 
 def label_batch(job: ShardJob, first_row: int, batch: pa.RecordBatch, x: dict[str, torch.Tensor]) -> pa.RecordBatch:
@@ -67,9 +77,11 @@ def label_batch(job: ShardJob, first_row: int, batch: pa.RecordBatch, x: dict[st
     pin = ctx.device.type == "cuda"
     x = {k: v.to(ctx.device, non_blocking=pin) for k, v in x.items()}
     ids = _ids(job, batch, first_row)
-    params = None
-    if ctx.provenance.target_kind == "views":  # each row's V augmented views (transferset/views/expand.py)
-        x, params = ViewPlan.from_options(ctx.provenance.target_options).expand(x, ids.to_pylist())
+    params, views = None, _views(ctx)
+    if views is not None and pin:  # each row's V augmented views, made here on the device
+        x, params = views.expand(x, ids.to_pylist())
+    elif views is not None:  # made by read_batches; the params are a pure function of (seed, id, view)
+        params = views.params(ids.to_pylist(), tuple(ctx.cfg.input_spec.shape))
     inputs = named_inputs(ctx.cfg, x)
     member = teacher_lib.run_teachers(ctx.teachers, inputs, ctx.cfg.precision)  # (K, B, C) or (K, B, L, V)
     if params is not None:
