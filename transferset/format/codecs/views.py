@@ -69,18 +69,29 @@ class ViewsCodec:
                             f"per view; use a smaller K, or --targets dense")
 
     @staticmethod
-    def views(provenance) -> int:
-        return int(provenance.target_options["views"])
-
-    @staticmethod
-    def k(provenance) -> int | None:
-        return provenance.target_options.get("k")
-
-    @staticmethod
-    def param_count(provenance) -> int:
+    def _recorded(provenance) -> dict:
+        """The set's views options, refused in one line when a damaged manifest lost them."""
         from transferset.views.augment import parse_augment
 
-        return parse_augment(provenance.target_options["augment"]).count
+        options = provenance.target_options
+        views, augment, k = options.get("views"), options.get("augment"), options.get("k")
+        try:
+            if not (isinstance(views, int) and views >= 1 and (k is None or (isinstance(k, int) and k >= 1))):
+                raise UserError("")
+            count = parse_augment(augment if isinstance(augment, str) else "").count
+        except UserError:
+            raise UserError(f"the views set's target_options {options!r} are not a views set's (views, augment, k); "
+                            f"the transfer set is damaged, regenerate it") from None
+        return {"views": views, "k": k, "count": count}
+
+    def views(self, provenance) -> int:
+        return self._recorded(provenance)["views"]
+
+    def k(self, provenance) -> int | None:
+        return self._recorded(provenance)["k"]
+
+    def param_count(self, provenance) -> int:
+        return self._recorded(provenance)["count"]
 
     def _id_type(self, provenance) -> pa.DataType:
         return pa.int16() if provenance.num_classes <= INT16_IDS else pa.int32()
