@@ -137,21 +137,24 @@ def _token_inputs(args: argparse.Namespace):
     return token_spec(expand_parquet_paths(args.source, "source"))
 
 
-def _image_inputs(args: argparse.Namespace, spec):
-    """Image inputs for a `convert --image-folder` source: its image column, decoded to --input-shape."""
-    from dataclasses import replace
-
+def _image_source(args: argparse.Namespace) -> dict | None:
+    """The metadata of a `convert --image-folder` first source (else None); it needs --input-shape."""
     from transferset.errors import UserError
     from transferset.images import image_metadata
     from transferset.io import expand_parquet_paths
 
     paths = expand_parquet_paths(args.source, "source")
     meta = image_metadata(paths[0]) if paths else None
-    if meta is None:
-        return spec
-    if spec.shape is None:
+    if meta is not None and args.input_shape is None:
         raise UserError(f"source {paths[0]!r} holds encoded images; give --input-shape C,H,W, the size they are decoded to "
                         f"(e.g. 3,224,224), and usually --input-scale 1/255 --input-mean ... --input-std ...")
+    return meta
+
+
+def _image_inputs(args: argparse.Namespace, spec, meta: dict):
+    """Image inputs: the source's image column, decoded to --input-shape (transferset/images/decode.py)."""
+    from dataclasses import replace
+
     return replace(spec, columns=tuple(args.input_column) if args.input_column else (meta["image_column"],), image=True)
 
 
@@ -174,8 +177,9 @@ def run(args: argparse.Namespace) -> int:
     teachers = [spec for spec, t in members if not t["specialist"]]
     specialists = [_specialist(spec, t) for spec, t in members if t["specialist"]]
     # A student.pt2 declares the preprocessing it was trained on: flags complete it or must agree with it.
+    image = _image_source(args)  # a `convert --image-folder` source: checked first, its --input-shape is the decode size
     spec = _token_inputs(args) or input_spec_for(args, [spec for spec, _ in members], lambda line: say(line, args.quiet))
-    spec = _image_inputs(args, spec)
+    spec = _image_inputs(args, spec, image) if image else spec
     cfg = GenerateConfig(
         teachers=teachers,
         sources=args.source,

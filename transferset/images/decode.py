@@ -45,6 +45,8 @@ def problem(data: bytes) -> str | None:
     except UserError:
         raise
     except Exception as error:  # Pillow raises many types (UnidentifiedImageError, OSError, SyntaxError, ...)
+        if type(error).__name__ == "UnidentifiedImageError":  # its text names a BytesIO's address: say it plainly
+            return "not in an image format Pillow reads"
         return first_line(error) or type(error).__name__
     return None
 
