@@ -13,20 +13,23 @@ from transferset.views.expand import ViewPlan, views_options
 
 
 def test_the_grammar_reads_back_its_canonical_text():
-    aug = parse_augment("random-resized-crop(24, scale=0.35-1), hflip, jitter(2)")
-    assert aug.text == "random-resized-crop(24,scale=0.35-1,ratio=0.75-1.3333333333333333),hflip(p=0.5),shift(2)"
-    assert parse_augment(aug.text) == aug and aug.count == 4 + 1 + 2
+    aug = parse_augment("random-resized-crop(24, scale=0.35-1), hflip, jitter(2), rotate(10)")
+    assert aug.text == "random-resized-crop(24,scale=0.35-1,ratio=0.75-1.3333333333333333),hflip(p=0.5),shift(2),rotate(10)"
+    assert parse_augment(aug.text) == aug and aug.count == 4 + 1 + 2 + 1
     assert aug.output_shape((3, 40, 30)) == (3, 24, 24)
 
 
 @pytest.mark.parametrize("spec, fragment", [
-    ("rotate(10)", "unknown augmentation 'rotate'; known: random-resized-crop"),
+    ("cutout(4)", "unknown augmentation 'cutout'; known: random-resized-crop"),
     ("shift(65)", "shift: N 65 is out of range; give 0..64"),
     ("random-resized-crop(24,scale=0-1)", "scale=0-1 is out of range; give 0 < LO <= HI <= 1"),
     ("random-resized-crop(24,scale=0.9-0.5)", "scale=0.9-0.5 is out of range"),
     ("random-resized-crop(0)", "SIZE 0 is out of range; give 1..4096"),
     ("hflip(p=1.5)", "p=1.5 is out of range; give 0 <= p <= 1"),
     ("shift(2", "unbalanced parentheses"),
+    ("jitter", "jitter: wrong arguments; write jitter(N)"),
+    ("hflip(0.3)", "hflip(0.3): wrong arguments; write hflip or hflip(p=P)"),
+    ("rotate(200)", "rotate: DEG 200 is out of range; give 0..180"),
     ("", "--augment is empty"),
 ])
 def test_bad_specs_are_one_line_naming_the_op_and_the_range(spec, fragment):
@@ -77,6 +80,25 @@ def _bilinear_reference(image: np.ndarray, box, size: int) -> np.ndarray:
     return rows * (1 - wy)[:, None] + rows1 * wy[:, None]
 
 
+def _rotation_reference(image: np.ndarray, degrees: float) -> np.ndarray:
+    """NumPy: output pixel (i, j) = bilinear sample of the input at the point rotated by `degrees`
+    about the centre, 0 outside the image (a pixel beyond the edge weighs 0)."""
+    c, height, width = image.shape
+    a = np.deg2rad(degrees)
+    cy, cx = (height - 1) / 2, (width - 1) / 2
+    out = np.zeros_like(image)
+    for i in range(height):
+        for j in range(width):
+            u = np.cos(a) * (j - cx) - np.sin(a) * (i - cy) + cx
+            v = np.sin(a) * (j - cx) + np.cos(a) * (i - cy) + cy
+            x0, y0 = int(np.floor(u)), int(np.floor(v))
+            for yy, wy in ((y0, 1 - (v - y0)), (y0 + 1, v - y0)):
+                for xx, wx in ((x0, 1 - (u - x0)), (x0 + 1, u - x0)):
+                    if 0 <= yy < height and 0 <= xx < width:
+                        out[:, i, j] += wy * wx * image[:, yy, xx]
+    return out
+
+
 def test_ops_match_numpy_references():
     rng = np.random.default_rng(0)
     images = rng.random((5, 2, 12, 10)).astype(np.float32)
@@ -94,12 +116,16 @@ def test_ops_match_numpy_references():
         src = image[:, max(0, -dy): 12 - max(0, dy), max(0, -dx): 10 - max(0, dx)]
         want[:, max(0, dy): max(0, dy) + src.shape[1], max(0, dx): max(0, dx) + src.shape[2]] = src
         assert np.array_equal(got, want)
+    turns = np.array([[0], [900], [-450], [123], [-1800]])  # tenths of a degree
+    out = parse_augment("rotate(180)").apply(x, torch.from_numpy(turns)).numpy()
+    for image, (tenths,), got in zip(images, turns, out):
+        np.testing.assert_allclose(got, _rotation_reference(image.astype(np.float64), tenths / 10), atol=2e-5)
     flip = parse_augment("hflip").apply(x, torch.tensor([[1], [0], [1], [0], [0]])).numpy()
     assert np.array_equal(flip[0], images[0][:, :, ::-1]) and np.array_equal(flip[1], images[1])
 
 
 def test_replay_is_bit_exact_whatever_the_batch():
-    plan = ViewPlan(4, parse_augment("random-resized-crop(16,scale=0.3-1),hflip,shift(2)"), seed=1)
+    plan = ViewPlan(4, parse_augment("random-resized-crop(16,scale=0.3-1),hflip,shift(2),rotate(15)"), seed=1)
     images = torch.rand(6, 3, 16, 16)
     ids = [str(i) for i in range(6)]
     views, params = plan.expand({"x": images}, ids)

@@ -140,7 +140,7 @@ def test_bad_folders_are_named(tmp_path):
 
 
 @pytest.mark.parametrize("flags, fragment", [
-    (["--augment", "rotate(3)"], "unknown augmentation 'rotate'"),
+    (["--augment", "cutout(3)"], "unknown augmentation 'cutout'"),
     (["--augment", "shift(99)"], "shift: N 99 is out of range; give 0..64"),
     (["--augment", "random-resized-crop(8,scale=0.5-3)"], "scale=0.5-3 is out of range; give 0 < LO <= HI <= 1"),
     (["--augment", "random-resized-crop(16)"], "makes views of 1,16,16 but the input shape is 1,8,8"),

@@ -13,6 +13,9 @@ The grammar (`--augment`), ops separated by commas, applied left to right:
     shift(N)   (also: jitter(N))
         move the image by dy, dx in -N..N whole pixels, uniformly; what moves in is 0
         (Hinton et al.'s MNIST "jittered by up to two pixels"). Params: dy, dx.
+    rotate(DEG)
+        a small affine: rotate about the centre by -DEG..DEG degrees (in tenths of a degree,
+        uniformly), bilinear, 0 outside. Params: the angle in tenths of a degree.
 
 Parameters are integers (pixels, flags), so they are stored exactly (int16 per
 view) and a stored view replays bit for bit: the same params on the same decoded
@@ -40,6 +43,7 @@ from transferset.views.draws import uniforms
 
 MAX_SIZE = 4096
 MAX_SHIFT = 64
+MAX_DEGREES = 180
 TRIES = 10  # random-resized-crop attempts before the central box (torchvision's)
 
 
@@ -158,6 +162,39 @@ class Shift:
 
 
 @dataclass(frozen=True)
+class Rotate:
+    degrees: int
+    count = 1
+
+    @property
+    def text(self) -> str:
+        return f"rotate({self.degrees})"
+
+    def output_size(self, size):
+        return size
+
+    def draw(self, seed, keys, views, stream, size) -> np.ndarray:
+        """Tenths of a degree, uniform in -10 D..10 D (integers: stored exactly)."""
+        steps = 10 * self.degrees
+        return np.floor(uniforms(seed, keys, views, stream, 1) * (2 * steps + 1)).astype(np.int64) - steps
+
+    def apply(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        """Rotate about the image centre by params / 10 degrees (counter-clockwise on screen), bilinear,
+        0 outside. Output pixel (i, j) samples input (u, v) = R(-a) (j - cx, i - cy) + (cx, cy)."""
+        n, _, height, width = x.shape
+        angle = params[:, 0].to(torch.float64) * (math.pi / 1800)
+        cos, sin = torch.cos(angle).to(torch.float32).to(x.device), torch.sin(angle).to(torch.float32).to(x.device)
+        cx, cy = (width - 1) / 2, (height - 1) / 2
+        dx = (torch.arange(width, dtype=torch.float32, device=x.device) - cx)[None, None, :]  # [1, 1, W]
+        dy = (torch.arange(height, dtype=torch.float32, device=x.device) - cy)[None, :, None]  # [1, H, 1]
+        c, s = cos[:, None, None], sin[:, None, None]
+        u = c * dx - s * dy + cx  # [n, H, W] input column
+        v = s * dx + c * dy + cy  # input row
+        grid = torch.stack([(2 * u + 1) / width - 1, (2 * v + 1) / height - 1], dim=-1)
+        return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+@dataclass(frozen=True)
 class Augmentation:
     """A parsed --augment: its ops, in order; `text` is canonical (recorded in the provenance)."""
 
@@ -202,7 +239,7 @@ class Augmentation:
 # -- the grammar ------------------------------------------------------------------
 
 _OP = re.compile(r"^\s*([a-z][a-z-]*)\s*(?:\((.*)\))?\s*$", re.S)
-_KNOWN = "random-resized-crop(SIZE,scale=LO-HI,ratio=LO-HI), hflip(p=P), shift(N)"
+_KNOWN = "random-resized-crop(SIZE,scale=LO-HI,ratio=LO-HI), hflip(p=P), shift(N), rotate(DEG)"
 
 
 def _split_top(text: str) -> list[str]:
@@ -249,13 +286,15 @@ def _op(text: str):
     positional = [a for a in args if "=" not in a]
     keyed = dict(a.split("=", 1) for a in args if "=" in a)
     keyed = {k.strip(): v.strip() for k, v in keyed.items()}
-    allowed = {"random-resized-crop": (1, {"scale", "ratio"}), "hflip": (0, {"p"}), "shift": (1, set()), "jitter": (1, set())}
+    allowed = {"random-resized-crop": (1, {"scale", "ratio"}), "hflip": (0, {"p"}), "shift": (1, set()), "jitter": (1, set()), "rotate": (1, set())}
     if name not in allowed:
         raise UserError(f"--augment: unknown augmentation {name!r}; known: {_KNOWN}")
     n_positional, keys = allowed[name]
     unknown = sorted(set(keyed) - keys)
     if len(positional) != n_positional or unknown:
-        raise UserError(f"--augment {text.strip()}: wrong arguments; write {[o for o in _KNOWN.split(', ') if o.startswith(name[:5])][0]}")
+        usage = {"random-resized-crop": "random-resized-crop(SIZE[,scale=LO-HI][,ratio=LO-HI])", "hflip": "hflip or hflip(p=P)",
+                 "shift": "shift(N)", "jitter": "jitter(N)", "rotate": "rotate(DEG)"}[name]
+        raise UserError(f"--augment {text.strip()}: wrong arguments; write {usage}")
     if name == "random-resized-crop":
         size = _integer(name, positional[0], 1, MAX_SIZE, "SIZE")
         scale = _range(name, "scale", keyed["scale"], 0, 1) if "scale" in keyed else (0.08, 1.0)
@@ -270,6 +309,8 @@ def _op(text: str):
         if not 0 <= prob <= 1:
             raise UserError(f"--augment hflip: p={p} is out of range; give 0 <= p <= 1")
         return HorizontalFlip(prob)
+    if name == "rotate":
+        return Rotate(_integer(name, positional[0], 0, MAX_DEGREES, "DEG"))
     return Shift(_integer(name, positional[0], 0, MAX_SHIFT, "N"))
 
 
