@@ -4,7 +4,7 @@
     augment.py   the ops: params per (row, view), apply(images, params)
     grammar.py   the --augment text -> an Augmentation
     expand.py    generate's side: a batch of rows -> its V views and their params
-    select.py    the trainer's side: which stored view a row trains on in an epoch
+    (train/views.py is the trainer's side: which stored view a row trains on in an epoch, and its replay)
 
 See docs/vision.md.
 """
