@@ -36,8 +36,8 @@ def test_provenance_round_trips_and_validates():
     for key, bad in (("num_classes", 1), ("combine", "median"), ("teachers", []), ("target_options", [1])):
         with pytest.raises(UserError, match=key):
             Provenance.decode({**prov.encode(), key: bad}, "here")
-    with pytest.raises(UserError, match="target kind 'views' is reserved for a newer transferset; this version reads dense, topk, sampled"):
-        Provenance.decode({**prov.encode(), "target_kind": "views"}, "here")
+    with pytest.raises(UserError, match="target kind 'sequence' is reserved for a newer transferset; this version reads dense, topk, sampled, views"):
+        Provenance.decode({**prov.encode(), "target_kind": "sequence"}, "here")
     with pytest.raises(UserError, match="not valid JSON"):
         Provenance.decode_bytes(b"[" * 100000, "here")  # deep nesting is one line, not a RecursionError
 

@@ -304,7 +304,7 @@ class _ProbsCodec:
     ("out-below-a-file", "notes.txt is a file, not a folder; give a path in a folder"),
     ("out-is-the-current-folder", "--out . is the current folder (or holds it); name a folder for the report, e.g. --out report"),
     ("kind-without-a-report", "holds 'probs' targets; `transferset report` draws dense sets (inspect and train read this one)"),
-    ("kind-unknown", "target kind 'views' is reserved for a newer transferset; this version reads dense"),
+    ("kind-unknown", "target kind 'sequence' is reserved for a newer transferset; this version reads dense"),
     ("no-matplotlib", 'draws with matplotlib, which is not installed; pip install "transferset[report]"'),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(report, tmp_path, monkeypatch, case, fragment):
@@ -331,7 +331,7 @@ def test_bad_input_is_one_line_and_writes_nothing(report, tmp_path, monkeypatch,
         directory = _kind(tmp_path / "probs", directory, "probs")
         codecs.register(_ProbsCodec())
     elif case == "kind-unknown":
-        directory = _kind(tmp_path / "views", directory, "views")
+        directory = _kind(tmp_path / "sequence", directory, "sequence")
     elif case == "no-matplotlib":
         monkeypatch.setitem(sys.modules, "matplotlib", None)
     before = sorted(tmp_path.rglob("*"))

@@ -224,7 +224,7 @@ def test_train_from_sparse_sets_and_their_cards(sets, tmp_path, monkeypatch):
     ("topk:10", "keeps every one of the teachers' 10 classes"),
     ("sampled:40000", "at most 32767 draws per row"),
     ("dense:3", "--targets dense takes no options"),
-    ("views:2", "target kind 'views' is reserved"),
+    ("views:2", "views are made with --views V --augment SPEC"),
 ])
 def test_bad_targets(sets, tmp_path, spec, expected):
     code, err = _main("generate", *TINY, "--source", sets / "src.parquet", *PIXELS, "--targets", spec, "--out", tmp_path / "o")

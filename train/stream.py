@@ -264,7 +264,7 @@ class StreamSource:
                 if b_lo >= window.stop:
                     break
                 a, b = max(b_lo, window.start), min(b_hi, window.stop)
-                pending.append(data.take(positions[a - window.start : b - window.start]))
+                pending.append(data.take(positions[a - window.start : b - window.start], window))
                 if b_hi > window.stop:
                     break  # the rest of batch k is in the next window
                 g_lo, g_hi = part.global_bounds(k)

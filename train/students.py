@@ -11,6 +11,7 @@ The trainer always passes `num_classes` and `input_shape` as keywords; every
                          entry of `channels`, then one hidden layer.
     train.students:gpt   a small causal LM for per-token sets (train/gpt.py;
                          built and checked by train/lm_students.py).
+    train.students:resnet18, resnet34   ResNets for images (train/resnet.py).
 
 Regularisation comes through student args (`dropout`, `input_dropout`) and
 through `--jitter N` (random shifts of up to N pixels, `jitter_images` below),
@@ -27,6 +28,7 @@ import torch
 from torch import nn
 
 from train.gpt import gpt  # noqa: F401  (the built-in causal-LM student, train.students:gpt)
+from train.resnet import resnet18, resnet34  # noqa: F401  (conv students, train.students:resnet18)
 from transferset.errors import UserError, first_line
 from transferset.inputs import load_callable
 

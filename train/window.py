@@ -65,6 +65,11 @@ def read_window(window: order.Window, extra: tuple, *, row_groups: list[RowGroup
     target_columns = codec.decode_columns(provenance) if codec else []
     names = list(dict.fromkeys([*spec.columns, *([label_column] if label_column else []), *target_columns, *extra]))
     data = WindowData(window.rows)
+    if codec is not None and codec.kind == "views":  # one stored view per row and epoch (train/views.py)
+        from train.views import ViewReplay
+
+        data.views = ViewReplay(provenance)
+        data.positions = _set_positions(window, row_groups)
     input_tables, extra_tables, files, offset = [], [], {}, 0
     for g in window.row_groups:
         ref = row_groups[g]
@@ -102,6 +107,12 @@ def read_window(window: order.Window, extra: tuple, *, row_groups: list[RowGroup
     return data
 
 
+def _set_positions(window: order.Window, row_groups: list[RowGroup]) -> torch.Tensor:
+    """int64 [rows]: each window row's position in the whole set (row groups in their listed order)."""
+    first = np.cumsum([0] + [g.rows for g in row_groups])
+    return torch.from_numpy(np.concatenate([np.arange(first[g], first[g] + row_groups[g].rows) for g in window.row_groups]))
+
+
 def pack_tokens(spec: InputSpec, table: pa.Table, where: str) -> torch.Tensor:
     """Token inputs packed as one int64 [rows, 3, L] tensor: input_ids, attention_mask,
     target_mask (0/1). One tensor, so that a window's rows are gathered by the same
@@ -136,6 +147,8 @@ class WindowData:
         self.inputs: torch.Tensor | None = None  # float32 [rows, *shape] (fixed-size inputs)
         self.input_table: pa.Table | None = None  # input columns, for inputs through a transform
         self.extra_table: pa.Table | None = None
+        self.views = None  # train.views.ViewReplay for a views set: take() picks and replays one view per row
+        self.positions: torch.Tensor | None = None  # int64 [rows], each row's position in the set (views only)
 
     def put_inputs(self, rows: slice, values: torch.Tensor) -> None:
         if self.inputs is None and len(values) == self.rows:
@@ -154,16 +167,21 @@ class WindowData:
         for name, values in decoded.items():
             self.targets[name].numpy()[rows] = values  # through a NumPy view: Arrow memory is read-only
 
-    def take(self, local: np.ndarray) -> "Rows":
+    def take(self, local: np.ndarray, window: order.Window | None = None) -> "Rows":
+        """The rows at `local`; for a views set, each with the view it takes in `window`'s epoch."""
         index = torch.from_numpy(local)
         arrow_index = pa.array(local) if self.input_table is not None or self.extra_table is not None else None
-        return Rows(
+        rows = Rows(
             labels=self.labels.index_select(0, index),
             targets={k: v.index_select(0, index) for k, v in self.targets.items()} if self.targets is not None else None,
             inputs=self.inputs.index_select(0, index) if self.inputs is not None else None,
             input_table=self.input_table.take(arrow_index) if self.input_table is not None else None,
             extra=self.extra_table.take(arrow_index) if self.extra_table is not None else None,
         )
+        if self.views is not None:
+            seed, epoch = (window.seed, window.epoch) if window is not None else (0, 0)
+            rows = self.views.pick(rows, self.positions.index_select(0, index), seed, epoch)
+        return rows
 
 
 @dataclass

@@ -48,6 +48,7 @@ class InputSpec:
     std: tuple[float, ...] | None = None
     transform: str | None = None  # "package.module:function"
     tokens: bool = False  # token ids + masks (convert --text), shape (L,)
+    image: bool = False  # encoded image bytes (convert --image-folder), decoded to shape (C, H, W)
     _fn: Callable | None = field(default=None, compare=False, repr=False)
 
     @classmethod
@@ -61,6 +62,10 @@ class InputSpec:
             if self.columns != TOKEN_COLUMNS or self.transform or self.scale != 1.0 or self.mean or self.std or not self.shape:
                 raise UserError(f"token inputs are the columns {', '.join(TOKEN_COLUMNS)} of a `convert --text` source, "
                                 f"with no --input-* flags or --transform")
+        elif self.image:
+            if len(self.columns) != 1 or self.transform or not self.shape or len(self.shape) != 3 or self.shape[0] not in (1, 3):
+                raise UserError("an image source is decoded to --input-shape C,H,W with C 1 (grey) or 3 (RGB), e.g. 3,224,224, "
+                                "from its one image column, without --transform")
         elif self.transform is None:
             if len(self.columns) != 1:
                 raise UserError("several --input-column need a --transform that combines them")
@@ -86,6 +91,8 @@ class InputSpec:
         d.pop("_fn")
         if not self.tokens:  # absent, not false: every earlier set's recorded input (and resume key) stays as it was
             d.pop("tokens")
+        if not self.image:
+            d.pop("image")
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
     @classmethod
@@ -101,6 +108,7 @@ class InputSpec:
             std=tup(d.get("std")),
             transform=d.get("transform"),
             tokens=bool(d.get("tokens", False)),
+            image=bool(d.get("image", False)),
         )
 
     # -- column checks ------------------------------------------------------
@@ -115,6 +123,11 @@ class InputSpec:
         if self.tokens:
             return self._check_token_fields(schema, where)
         ftype = schema.field(self.columns[0]).type
+        if self.image:
+            if not (pa.types.is_binary(ftype) or pa.types.is_large_binary(ftype)):
+                raise UserError(f"{where}: image column {self.columns[0]!r} is {ftype}, not encoded image bytes; make the source "
+                                f"with `transferset convert --image-folder DIR`")
+            return
         if not (pa.types.is_list(ftype) or pa.types.is_large_list(ftype) or pa.types.is_fixed_size_list(ftype)):
             raise UserError(f"{where}: input column {self.columns[0]!r} is {ftype}, not a numeric array; use a list column or --transform")
         if not (pa.types.is_integer(ftype.value_type) or pa.types.is_floating(ftype.value_type)):
@@ -147,7 +160,7 @@ class InputSpec:
                     f"rename it in the source"
                 )
             f = schema.field(name)
-            if self.transform is None and not pa.types.is_fixed_size_list(f.type):
+            if self.transform is None and not self.image and not pa.types.is_fixed_size_list(f.type):
                 f = pa.field(name, pa.list_(pa.field("element", f.type.value_type, nullable=False), self.size), nullable=False)
             fields.append(f)
         return fields
@@ -192,6 +205,10 @@ class InputSpec:
         """float32 [B, *shape] (or whatever the transform returns, as float32)."""
         if self.transform is not None:
             return self._transformed(batch)
+        if self.image:  # decoded to uint8 [B, C, H, W] (transferset/images/decode.py), then scaled like any array
+            from transferset.images.decode import decode_column
+
+            return self._scaled(decode_column(batch.column(self.columns[0]), self.shape, where, first_row).astype(np.float32))
         fixed = self.fixed_column(batch.column(self.columns[0]), where, first_row)
         # flatten() honours slice offsets (FixedSizeListArray.values does not).
         values = fixed.flatten().to_numpy(zero_copy_only=False)
@@ -201,6 +218,10 @@ class InputSpec:
             x = np.array(values, dtype=np.float32).reshape(len(fixed), *self.shape)
         if np.issubdtype(values.dtype, np.floating) and not np.isfinite(x).all():  # integers are always finite
             self._refuse_non_finite(values.reshape(len(fixed), -1), x.reshape(len(fixed), -1), where, first_row)
+        return self._scaled(x)
+
+    def _scaled(self, x: np.ndarray) -> torch.Tensor:
+        """x * scale, then (x - mean) / std per channel, in place on float32 [B, *shape]."""
         if self.scale != 1.0:
             x *= np.float32(self.scale)
         if self.mean is not None:

@@ -35,6 +35,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     fit.add_argument("--truncate", action="store_true", help="cut documents longer than --max-length")
     fit.add_argument("--pack", action="store_true", help="join documents (eos between them) into full rows of --max-length tokens")
 
+    images = parser.add_argument_group("image files (instead of arrays)")
+    images.add_argument("--image-folder", metavar="DIR", help="a folder of images: class sub-folders give labels (and class "
+                        "names), files directly inside are unlabelled; stored as encoded bytes, unchanged (docs/vision.md)")
+    images.add_argument("--skip-bad-images", action="store_true", help="leave out files that do not decode as images "
+                        "(counted and named in the source's metadata) instead of refusing the folder")
+
     output = parser.add_argument_group("output")
     output.add_argument("--out", required=True, metavar="PATH", help="the Parquet file to write")
     output.add_argument("--input-column", default="pixels", metavar="NAME", help="name of the input column (default: pixels)")
@@ -57,6 +63,10 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--row-group-rows {args.row_group_rows} must be at least 1")
     if args.text:
         return _run_text(args)
+    if args.image_folder:
+        return _run_images(args)
+    if args.skip_bad_images:
+        raise UserError("--skip-bad-images is for --image-folder DIR")
     text_only = [flag for flag, value in (("--tokenizer", args.tokenizer), ("--max-length", args.max_length),
                  ("--prompt-field", args.prompt_field), ("--label-field", args.label_field),
                  ("--truncate", args.truncate), ("--pack", args.pack)) if value]
@@ -103,7 +113,8 @@ def _run_text(args: argparse.Namespace) -> int:
     from transferset.text.records import TextFields
 
     array_flags = [flag for flag, value in (("--images", args.images), ("--npz", args.npz), ("--labels", args.labels),
-                   ("--rows", args.rows), ("--exclude-class", args.exclude_class), ("--dtype", args.dtype)) if value]
+                   ("--rows", args.rows), ("--exclude-class", args.exclude_class), ("--dtype", args.dtype),
+                   ("--image-folder", args.image_folder)) if value]
     if array_flags:
         raise UserError(f"{array_flags[0]} is for arrays, --text for a corpus: convert one of them per command")
     if not args.tokenizer or not args.max_length:
@@ -121,4 +132,23 @@ def _run_text(args: argparse.Namespace) -> int:
     print(summary(result))
     label = f", {args.label_column} int32" if result.labelled else ""
     print(f"columns: input_ids int32[{args.max_length}], attention_mask and target_mask int8[{args.max_length}]{label}, row int64")
+    return 0
+
+
+def _run_images(args: argparse.Namespace) -> int:
+    from transferset.errors import UserError
+    from transferset.images.convert import ImageOptions, convert_image_folder
+
+    other = [flag for flag, value in (("--images", args.images), ("--npz", args.npz), ("--labels", args.labels),
+             ("--rows", args.rows), ("--exclude-class", args.exclude_class), ("--dtype", args.dtype), ("--drop-labels", args.drop_labels),
+             ("--tokenizer", args.tokenizer), ("--max-length", args.max_length), ("--row-group-rows", args.row_group_rows)) if value]
+    if other:
+        raise UserError(f"{other[0]} does not apply to --image-folder (it stores each file's bytes with its class)")
+    result = convert_image_folder(args.image_folder, args.out, ImageOptions(args.label_column, args.skip_bad_images, args.overwrite),
+                                  quiet=args.quiet)
+    classes = f", {len(result.class_names)} classes" if result.class_names else ", unlabelled"
+    skipped = f"; skipped {len(result.skipped)} files that are not images" if result.skipped else ""
+    print(f"wrote {result.path}: {result.rows:,} images ({result.labelled:,} labelled{classes}){skipped}")
+    print(f"for generate: --source {result.path} --input-shape 3,H,W (the size images are decoded to) "
+          f"[--input-scale 1/255 --input-mean ... --input-std ...]")
     return 0

@@ -83,6 +83,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--storage-dtype", default="float16", help="float16 (default, see docs/format.md) or float32")
     g.add_argument("--keep-teacher-logits", action="store_true", help="also store every member's raw logits")
     g.add_argument("--class-names", metavar="A,B,...", help="class names, stored in the provenance")
+    g.add_argument("--views", type=int, metavar="V", help="store V augmented views per row, each with its params and its "
+                   "target (--targets dense or topk:K per view; docs/vision.md)")
+    g.add_argument("--augment", metavar="SPEC", help="the views' augmentation, e.g. 'random-resized-crop(224,scale=0.35-1),hflip' "
+                   "or 'shift(2)' (docs/vision.md)")
+    g.add_argument("--augment-seed", type=int, default=0, metavar="N", help="seed of the views' params (default: 0)")
 
     g = p.add_argument_group("output and compute")
     g.add_argument("--out", required=True, help="transfer-set directory")
@@ -139,6 +144,27 @@ def _token_inputs(args: argparse.Namespace):
     return token_spec(expand_parquet_paths(args.source, "source"))
 
 
+def _image_source(args: argparse.Namespace) -> dict | None:
+    """The metadata of a `convert --image-folder` first source (else None); it needs --input-shape."""
+    from transferset.errors import UserError
+    from transferset.images import image_metadata
+    from transferset.io import expand_parquet_paths
+
+    paths = expand_parquet_paths(args.source, "source")
+    meta = image_metadata(paths[0]) if paths else None
+    if meta is not None and args.input_shape is None:
+        raise UserError(f"source {paths[0]!r} holds encoded images; give --input-shape C,H,W, the size they are decoded to "
+                        f"(e.g. 3,224,224), and usually --input-scale 1/255 --input-mean ... --input-std ...")
+    return meta
+
+
+def _image_inputs(args: argparse.Namespace, spec, meta: dict):
+    """Image inputs: the source's image column, decoded to --input-shape (transferset/images/decode.py)."""
+    from dataclasses import replace
+
+    return replace(spec, columns=tuple(args.input_column) if args.input_column else (meta["image_column"],), image=True)
+
+
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -152,13 +178,17 @@ def run(args: argparse.Namespace) -> int:
     if args.devices:
         return _run_per_device(args)
     apply_threads(args.threads)
-    target_kind, target_options = parse_targets(args.targets)
+    from transferset.views.expand import views_options
+
+    target_kind, target_options = views_options(args.views, args.augment, args.augment_seed, *parse_targets(args.targets))
     warn_license(args.card_license, "generate")
     members = [(TeacherSpec(t["spec"], t.get("weights"), t.get("ensemble_weight"), t.get("output")), t) for t in args.teachers]
     teachers = [spec for spec, t in members if not t["specialist"]]
     specialists = [_specialist(spec, t) for spec, t in members if t["specialist"]]
     # A student.pt2 declares the preprocessing it was trained on: flags complete it or must agree with it.
+    image = _image_source(args)  # a `convert --image-folder` source: checked first, its --input-shape is the decode size
     spec = _token_inputs(args) or input_spec_for(args, [spec for spec, _ in members], lambda line: say(line, args.quiet))
+    spec = _image_inputs(args, spec, image) if image else spec
     cfg = GenerateConfig(
         teachers=teachers,
         sources=args.source,

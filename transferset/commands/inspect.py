@@ -20,6 +20,8 @@ def _pct(x) -> str:
 def _kind(s: dict) -> str:
     options = s.get("target_options") or {}
     width = options.get("k", options.get("n"))
+    if s["target_kind"] == "views":  # e.g. "16 views of shift(2), topk:10 each"
+        return f"{options.get('views')} views of {options.get('augment')}, " + (f"topk:{width}" if width else "dense") + " each"
     return s["target_kind"] + (f":{width}" if width is not None else "")
 
 

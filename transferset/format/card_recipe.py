@@ -56,6 +56,12 @@ def input_recipe(provenance: Provenance) -> list[str]:
     column = spec["columns"][0]
     shape = ", ".join(str(d) for d in spec.get("shape") or [-1])
     lines = [f'x = column("{column}", np.float32).view(len(table), {shape})']
+    if spec.get("image"):  # encoded image files (convert --image-folder): decoded and resized as generate did
+        c, h, w = spec["shape"]
+        lines = ["import io, PIL.Image",
+                 f'decoded = [np.asarray(PIL.Image.open(io.BytesIO(b)).convert("{"L" if c == 1 else "RGB"}")'
+                 f'.resize(({w}, {h}), PIL.Image.Resampling.BILINEAR), np.float32) for b in table.column("{column}").to_pylist()]',
+                 f"x = torch.from_numpy(np.stack(decoded)).view(len(table), {h}, {w}, {c}).permute(0, 3, 1, 2).contiguous()"]
     if spec.get("scale", 1.0) != 1.0:
         lines.append(f"x = x * {float(spec['scale'])!r}")
     for key, op in (("mean", "-"), ("std", "/")):

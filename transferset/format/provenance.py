@@ -27,7 +27,7 @@ FORMAT_NAME = "transferset"
 COMBINE_METHODS = ("arithmetic", "geometric", "specialists")  # specialists: transferset/specialists.py
 STORAGE_DTYPES = ("float16", "float32")
 # Kinds a newer transferset may write: named so that the refusal can say so precisely.
-RESERVED_TARGET_KINDS = ("views", "sequence")
+RESERVED_TARGET_KINDS = ("sequence",)
 
 
 @dataclass(frozen=True)

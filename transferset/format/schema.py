@@ -59,8 +59,11 @@ def parquet_options(schema: pa.Schema, provenance: Provenance) -> dict:
     target columns without dictionary and without statistics (float16 statistics cost
     ~2x the write time and nobody filters on them); BYTE_STREAM_SPLIT for float32
     only; a CRC32 in every page header, checked by every reader in this package."""
-    float_leaves = get_codec(provenance.target_kind).float_leaves(provenance)
+    codec = get_codec(provenance.target_kind)
+    float_leaves = codec.float_leaves(provenance)
     float_columns = {leaf.split(".")[0] for leaf in float_leaves}
+    # A kind may choose other leaves' encodings (views: DELTA_BINARY_PACKED ids, codecs/views.py).
+    own = codec.leaf_encodings(provenance) if hasattr(codec, "leaf_encodings") else {}
     return {
         "compression": "zstd",
         "compression_level": 1,
@@ -70,7 +73,7 @@ def parquet_options(schema: pa.Schema, provenance: Provenance) -> dict:
         # float16 stays PLAIN: BYTE_STREAM_SPLIT on FLOAT16 (a 2022 addition to the
         # format) is refused by DuckDB and older readers; docs/format.md has the bytes.
         "column_encoding": {leaf: "BYTE_STREAM_SPLIT" if provenance.storage_dtype == "float32" else "PLAIN"
-                            for leaf in float_leaves},
+                            for leaf in float_leaves} | own,
         "write_statistics": [n for n in schema.names if n not in float_columns],
         # A flipped bit inside a page is then an error on read (page_checksum_verification),
         # not a silently different logit: even under `train --no-verify`.

@@ -81,6 +81,10 @@ class GenerateConfig:
         if not 0 <= self.writer_index < self.num_writers:
             problems.append(f"--writer-index must be in [0, --num-writers={self.num_writers}), got {self.writer_index}")
         problems += self._engine_problems()
+        if self.target_kind == "views":
+            from transferset.views.expand import views_problems
+
+            problems += views_problems(self)
         if problems:
             raise UserError("; ".join(problems))
 

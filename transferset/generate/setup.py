@@ -293,10 +293,19 @@ def build_provenance(cfg: GenerateConfig, sources, teachers, weights, num_classe
         target_options={**cfg.target_options, **({"positions": positions} if positions else {})},
         extra=cfg.extra, rows=sum(s.rows for s in sources),
         versions={"transferset": __version__, "torch": torch.__version__, "pyarrow": pyarrow.__version__,
-                  "numpy": np.__version__, "python": platform.python_version()},
+                  "numpy": np.__version__, "python": platform.python_version(), **_decoder_version(cfg)},
         device=str(device) if device.type == "cpu" else f"{device} ({torch.cuda.get_device_name(device)})",
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"), config_fingerprint=config_key,
     )
+
+
+def _decoder_version(cfg: GenerateConfig) -> dict:
+    """Pillow's version for image inputs: the same bytes decode to the same pixels with the same Pillow."""
+    if not cfg.input_spec.image:
+        return {}
+    from transferset.images.decode import pillow_version
+
+    return {"pillow": pillow_version()}
 
 
 def recorded_provenance(cfg: GenerateConfig, fresh: Provenance, values: dict) -> Provenance:

@@ -2,7 +2,8 @@
 
 The work is split into pure steps that an engine composes:
 
-    read_batches(job)          source rows -> (first row, Arrow batch, named input tensors)
+    read_batches(job)          source rows -> (first row, Arrow batch, named input tensors; a views
+                               set's V views per row on CPU)
     label_batch(job, ...)      teachers -> combine -> codec -> one Arrow batch of the shard
     generate_shard(job)        both, written straight to the shard file: -> ShardRecord
 
@@ -32,6 +33,7 @@ from transferset.format.codecs import sequence_length
 from transferset.inputs import TARGET_MASK
 from transferset.io import write_failure
 from transferset.sources import ShardPlan, SourceFile, read_shard_rows
+from transferset.views.expand import ViewPlan
 from transferset.writer import RowGroups, publish_shard, temp_path
 
 
@@ -55,9 +57,18 @@ def read_batches(job: ShardJob) -> Iterator[tuple[int, pa.RecordBatch, dict[str,
     if cfg.id_column and cfg.id_column not in columns:
         columns.append(cfg.id_column)
     pin = job.context.device.type == "cuda"
+    views = _views(job.context)
     for first_row, batch in read_shard_rows(job.source, job.plan, columns, cfg.batch_size):
         x = spec.to_inputs(batch, f"source {job.source.path!r}", first_row=first_row)
+        if views is not None and not pin:  # on CPU the views are made here, on the reading thread, beside the teachers
+            x = views.expand(x, _ids(job, batch, first_row).to_pylist())[0]
         yield first_row, batch, ({k: v.pin_memory() for k, v in x.items()} if pin else x)
+
+
+def _views(ctx: Context) -> ViewPlan | None:
+    """The views of a views set (transferset/views/expand.py), else None. On CUDA they are made on
+    the device in label_batch (CPU augmentation would starve a GPU teacher); on CPU by read_batches."""
+    return ViewPlan.from_options(ctx.provenance.target_options) if ctx.provenance.target_kind == "views" else None
 
 
 def label_batch(job: ShardJob, first_row: int, batch: pa.RecordBatch, x: dict[str, torch.Tensor]) -> pa.RecordBatch:
@@ -65,8 +76,16 @@ def label_batch(job: ShardJob, first_row: int, batch: pa.RecordBatch, x: dict[st
     ctx = job.context
     pin = ctx.device.type == "cuda"
     x = {k: v.to(ctx.device, non_blocking=pin) for k, v in x.items()}
+    ids = _ids(job, batch, first_row)
+    params, views = None, _views(ctx)
+    if views is not None and pin:  # each row's V augmented views, made here on the device
+        x, params = views.expand(x, ids.to_pylist())
+    elif views is not None:  # made by read_batches; the params are a pure function of (seed, id, view)
+        params = views.params(ids.to_pylist(), tuple(ctx.cfg.input_spec.shape))
     inputs = named_inputs(ctx.cfg, x)
     member = teacher_lib.run_teachers(ctx.teachers, inputs, ctx.cfg.precision)  # (K, B, C) or (K, B, L, V)
+    if params is not None:
+        member = member.reshape(member.shape[0], batch.num_rows, params.shape[1], -1)  # (K, B, views, C)
     _check_finite(member, job, first_row, ctx.teachers)
     special = None
     if ctx.specialists:  # other widths than the generalists: run (and checked) one by one
@@ -75,20 +94,24 @@ def label_batch(job: ShardJob, first_row: int, batch: pa.RecordBatch, x: dict[st
             _check_finite(logits.unsqueeze(0), job, first_row, [t])
     target = combine(member, ctx.cfg.combine, ctx.cfg.temperature, ctx.weights, special)  # (B, C) or (B, L, V) float32
     columns = {
-        ID: _ids(job, batch, first_row),
+        ID: ids,
         SOURCE: pa.array([job.source.path] * batch.num_rows, pa.string()),
         LABEL: batch.column(ctx.cfg.label_column).cast(pa.int32()) if job.source.has_label else pa.nulls(batch.num_rows, pa.int32()),
-        **_encode(ctx, target, member, x.get(TARGET_MASK) if sequence_length(ctx.provenance) else None),
+        **_encode(ctx, target, member, x.get(TARGET_MASK) if sequence_length(ctx.provenance) else None, params),
     }
     spec = ctx.cfg.input_spec
     for name in spec.columns:
         column = batch.column(name)
-        columns[name] = spec.fixed_column(column, job.source.path, first_row=first_row) if spec.transform is None else column
+        keep_as_is = spec.transform is not None or spec.image  # encoded images are stored as they are
+        columns[name] = column if keep_as_is else spec.fixed_column(column, job.source.path, first_row=first_row)
     return pa.RecordBatch.from_arrays([columns[f.name] for f in ctx.schema], schema=ctx.schema)
 
 
-def _encode(ctx: Context, target: torch.Tensor, member: torch.Tensor, positions: torch.Tensor | None) -> dict[str, pa.Array]:
-    """The codec's columns; per-token targets also name their target positions."""
+def _encode(ctx: Context, target: torch.Tensor, member: torch.Tensor, positions: torch.Tensor | None,
+            params=None) -> dict[str, pa.Array]:
+    """The codec's columns; per-token targets also name their target positions, views their params."""
+    if params is not None:
+        return ctx.codec.encode(target, member, ctx.provenance, params=params)
     if positions is None:
         return ctx.codec.encode(target, member, ctx.provenance)
     return ctx.codec.encode(target, member, ctx.provenance, positions=positions)

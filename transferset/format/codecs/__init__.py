@@ -118,6 +118,6 @@ def parse_targets(text: str) -> tuple[str, dict]:
     return kind, get_codec(kind, "--targets").parse_options(options or None)
 
 
-from transferset.format.codecs import dense, sparse  # noqa: E402  (they register themselves)
+from transferset.format.codecs import dense, sparse, views  # noqa: E402  (they register themselves)
 
-__all__ = ["TargetCodec", "register", "unregister", "get_codec", "kinds", "parse_targets", "sequence_length", "refuse_per_token", "dense", "sparse"]
+__all__ = ["TargetCodec", "register", "unregister", "get_codec", "kinds", "parse_targets", "sequence_length", "refuse_per_token", "dense", "sparse", "views"]
