@@ -45,10 +45,10 @@ SUBPROCESS = ("convert-exclude-every-class", "generate-duplicate-ids", "inspect-
 ENVIRONMENT = {"train-batch-not-divisible-by-ranks": {"WORLD_SIZE": "3", "RANK": "0", "LOCAL_RANK": "0"}}
 
 # Rows whose bad input is a missing optional dependency: modules made unimportable while the row runs.
-MISSING_MODULES = {"report-matplotlib-missing": ("matplotlib",)}
+MISSING_MODULES = {"report-matplotlib-missing": ("matplotlib",), "generate-engine-ray-missing": ("ray",)}
 
 # Rows whose input is only bad on a machine without CUDA.
-CPU_ONLY = ("generate-device-cuda-missing", "train-precision-fp16-cpu")
+CPU_ONLY = ("generate-device-cuda-missing", "train-precision-fp16-cpu", "generate-devices-child-fails")
 
 # -- misbehaving user code, named by the rows as test_errors_catalogue:NAME ------------
 
@@ -257,8 +257,24 @@ def make_fixtures(root: Path) -> dict[str, Path]:
     (f["set_bad_json"] / "_manifest.json").write_text('{"format": "transferset-manifest", "rows": ')
     f["set_outside"] = _copy(f["set"], root / "set_outside")
     _edit_manifest(f["set_outside"], lambda d: d["shards"][0].update(path="../lab.parquet"))
-    f["set_views"] = _copy(f["set"], root / "set_views")
-    _edit_manifest(f["set_views"], lambda d: d["provenance"].update(target_kind="views"))
+    f["set_sequence"] = _copy(f["set"], root / "set_sequence")
+    _edit_manifest(f["set_sequence"], lambda d: d["provenance"].update(target_kind="sequence"))
+    from PIL import Image
+
+    f["image_folder_empty"] = root / "no_images"
+    f["image_folder_empty"].mkdir()
+    f["image_folder_notes"] = root / "notes"
+    f["image_folder_notes"].mkdir()
+    (f["image_folder_notes"] / "README.txt").write_text("not an image\n")
+    f["image_folder"] = root / "photos"
+    for c in range(2):
+        (f["image_folder"] / f"class{c}").mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(f["image_folder"] / f"class{c}" / f"{i}.png")
+    f["image_folder_broken"] = _copy(f["image_folder"], root / "broken")
+    (f["image_folder_broken"] / "class1" / "cut.png").write_bytes((f["image_folder"] / "class0" / "0.png").read_bytes()[:40])
+    f["image_source"] = root / "image_source.parquet"
+    _main(["convert", "--image-folder", f["image_folder"], "--out", f["image_source"]])
     f["set_v2"] = _copy(f["set"], root / "set_v2")
     _edit_manifest(f["set_v2"], lambda d: d.update(schema_version=2))
     f["set_missing_shard"] = _copy(f["set"], root / "set_missing_shard")
@@ -549,7 +565,37 @@ def cases(f: dict[str, Path], o: Path) -> dict[str, list]:
         "generate-teacher-output-before-teacher": ["generate", "--teacher-output", "0", *TEACHER, "--source", f["lab"], *PIXELS, *out],
         "generate-input-overflows-float32": ["generate", *TEACHER, "--source", f["huge_inputs"], *PIXELS, *out],
         "convert-out-below-a-file": ["convert", "--images", f["images"], "--out", f["a_file"] / "x.parquet"],
+        "convert-image-folder-empty": ["convert", "--image-folder", f["image_folder_empty"], *out],
+        "convert-image-folder-not-a-folder": ["convert", "--image-folder", f["lab"], *out],
+        "convert-image-folder-not-an-image": ["convert", "--image-folder", f["image_folder_notes"], *out],
+        "convert-image-folder-broken-image": ["convert", "--image-folder", f["image_folder_broken"], *out],
+        "convert-image-folder-nothing-left": ["convert", "--image-folder", f["image_folder_notes"], "--skip-bad-images", *out],
+        "convert-image-folder-with-array-flags": ["convert", "--image-folder", f["image_folder"], "--rows", "0:2", *out],
+        "convert-skip-bad-images-without-folder": ["convert", "--images", f["lab"], "--skip-bad-images", *out],
         "generate-engine-unknown": ["generate", *gen, "--engine", "spark", *out],
+        "generate-engine-ray-missing": ["generate", *gen, "--engine", "ray", *out],  # with MISSING_MODULES
+        "generate-ray-address-unreachable": ["generate", *gen, "--engine", "ray", "--ray-address", "127.0.0.1:1", *out],
+        "generate-ray-flag-without-engine": ["generate", *gen, "--ray-actors", "2", *out],
+        "generate-ray-actors-zero": ["generate", *gen, "--engine", "ray", "--ray-actors", "0", *out],
+        "generate-devices-and-device": ["generate", *gen, "--devices", "cpu,cpu", "--device", "cpu", *out],
+        "generate-devices-and-writers": ["generate", *gen, "--devices", "cpu,cpu", "--num-writers", "2", *out],
+        "generate-devices-and-ray": ["generate", *gen, "--devices", "cpu,cpu", "--engine", "ray", *out],
+        "generate-devices-not-a-device": ["generate", *gen, "--devices", "cpu,gpu0", *out],
+        "generate-devices-child-fails": ["generate", *gen, "--devices", "cuda:0,cuda:1", *out],  # CPU_ONLY
+        "generate-image-source-without-shape": ["generate", *TEACHER, "--source", f["image_source"], *out],
+        "generate-image-source-channels": ["generate", *TEACHER, "--source", f["image_source"], "--input-shape", "2,8,8", *out],
+        "generate-views-zero": ["generate", *gen, "--views", "0", "--augment", "shift(2)", *out],
+        "generate-views-without-augment": ["generate", *gen, "--views", "4", *out],
+        "generate-augment-without-views": ["generate", *gen, "--augment", "shift(2)", *out],
+        "generate-augment-unknown": ["generate", *gen, "--views", "4", "--augment", "cutout(3)", *out],
+        "generate-augment-out-of-range": ["generate", *gen, "--views", "4", "--augment", "shift(99)", *out],
+        "generate-augment-scale-out-of-range": ["generate", *gen, "--views", "4", "--augment", "random-resized-crop(8,scale=0.5-2)", *out],
+        "generate-augment-wrong-size": ["generate", *gen, "--views", "4", "--augment", "random-resized-crop(16)", *out],
+        "generate-augment-flat-inputs": ["generate", *TEACHER, "--source", f["lab"], "--input-shape", "64", "--views", "4", "--augment", "hflip", *out],
+        "generate-views-sampled": ["generate", *gen, "--views", "4", "--augment", "hflip", "--targets", "sampled:8", *out],
+        "generate-views-keep-teacher-logits": ["generate", *gen, "--views", "4", "--augment", "hflip", "--keep-teacher-logits", *out],
+        "generate-targets-views-kind": ["generate", *gen, "--targets", "views:2", *out],
+        "generate-views-topk-all-classes": ["generate", *gen, "--views", "2", "--augment", "hflip", "--targets", "topk:10", *out],
         "generate-teacher-form-unknown": ["generate", "--teacher", f"onnx:{f['a_file']}", "--source", f["lab"], *PIXELS, *out],
         "generate-out-is-a-file": ["generate", *gen, "--out", f["a_file"]],
         "generate-out-other-config": ["generate", *gen, "-T", "5", "--out", f["set"]],
@@ -557,7 +603,7 @@ def cases(f: dict[str, Path], o: Path) -> dict[str, list]:
         "generate-targets-topk-not-a-number": ["generate", *gen, "--targets", "topk:x", *out],
         "generate-targets-topk-all-classes": ["generate", *gen, "--targets", "topk:10", *out],
         "generate-targets-sampled-too-many": ["generate", *gen, "--targets", "sampled:40000", *out],
-        "generate-targets-reserved-kind": ["generate", *gen, "--targets", "views:2", *out],
+        "generate-targets-reserved-kind": ["generate", *gen, "--targets", "sequence:2", *out],
         "generate-specialist-class-outside": ["generate", *gen, "--specialist", "test_specialists:spec_a", "--classes", "3,5,12", "--combine", "specialists", *out],
         "generate-specialist-class-repeated": ["generate", *gen, "--specialist", "test_specialists:spec_a", "--classes", "3,5,3", "--combine", "specialists", *out],
         "generate-specialist-wrong-width": ["generate", *gen, "--specialist", "test_specialists:spec_a", "--classes", "3,5", "--combine", "specialists", *out],
@@ -599,7 +645,7 @@ def cases(f: dict[str, Path], o: Path) -> dict[str, list]:
         "report-no-out": ["report", f["set"]],
         "report-not-a-set": ["report", f["not_a_set"], *out],
         "report-damaged-shard": ["report", f["set_flipped"], *out],
-        "report-target-kind-views": ["report", f["set_views"], *out],
+        "report-target-kind-sequence": ["report", f["set_sequence"], *out],
         "report-out-is-a-file": ["report", f["set"], "--out", f["a_file"]],
         "report-out-not-a-report": ["report", f["set"], "--out", f["existing_out"]],
         "report-out-below-a-file": ["report", f["set"], "--out", f["a_file"] / "report"],
@@ -614,7 +660,7 @@ def cases(f: dict[str, Path], o: Path) -> dict[str, list]:
         "inspect-incomplete": ["inspect", f["set_incomplete"]],
         "inspect-manifest-not-json": ["inspect", f["set_bad_json"]],
         "inspect-path-outside": ["inspect", f["set_outside"]],
-        "inspect-target-kind-views": ["inspect", f["set_views"]],
+        "inspect-target-kind-sequence": ["inspect", f["set_sequence"]],
         "inspect-schema-version": ["inspect", f["set_v2"]],
         "inspect-mixed-schema-versions": ["inspect", f["set_mixed"]],
         "inspect-missing-shard": ["inspect", f["set_missing_shard"]],
@@ -626,7 +672,7 @@ def cases(f: dict[str, Path], o: Path) -> dict[str, list]:
         "verify-not-a-set": ["verify", f["not_a_set"]],
         "verify-manifest-not-json": ["verify", f["set_bad_json"]],
         "verify-path-outside": ["verify", f["set_outside"]],
-        "verify-target-kind-views": ["verify", f["set_views"]],
+        "verify-target-kind-sequence": ["verify", f["set_sequence"]],
         "verify-flipped-byte": ["verify", f["set_flipped"]],
         "verify-missing-shard": ["verify", f["set_missing_shard"]],
         "verify-truncated-shard": ["verify", f["set_truncated"]],
@@ -664,7 +710,7 @@ def cases(f: dict[str, Path], o: Path) -> dict[str, list]:
         "train-transfer-is-parquet": ["train", "--transfer", f["lab"], *out],
         "train-transfer-manifest-not-json": ["train", "--transfer", f["set_bad_json"], *out],
         "train-transfer-path-outside": ["train", "--transfer", f["set_outside"], *out],
-        "train-transfer-views": ["train", "--transfer", f["set_views"], *out],
+        "train-transfer-sequence": ["train", "--transfer", f["set_sequence"], *out],
         "train-transfer-flipped-byte": ["train", "--transfer", f["set_flipped"], *out],
         "train-transfer-truncated-no-verify": ["train", "--transfer", f["set_truncated"], "--no-verify", *out],
         "train-transfer-damaged-page-no-verify": ["train", "--transfer", f["set_damaged_page"], "--no-verify", "--epochs", "1", *out],
