@@ -5,8 +5,8 @@
 
 Builds, in --work (a temp dir by default): a word-level tokenizer of --vocab tokens, a
 synthetic corpus (Zipf-distributed words, --rows documents of --length tokens),
-`transferset convert --text` of it, and two random-weight Llama causal LMs saved with
-save_pretrained (safetensors) beside the tokenizer. Then, as whole processes, paired
+`transferset convert --text` of it, and two random-weight Llama causal LMs (--layers x
+--width) saved in bf16 with save_pretrained (safetensors) beside the tokenizer. Then, as whole processes, paired
 (A B A B):
 
   bare       load both models (`from_pretrained`, --precision dtype, the Hugging Face
@@ -129,7 +129,10 @@ def build_inputs(work: Path, args) -> tuple[Path, list[Path]]:
             config = LlamaConfig(vocab_size=args.vocab, hidden_size=args.width, intermediate_size=int(2.75 * args.width),
                                  num_hidden_layers=args.layers, num_attention_heads=heads, num_key_value_heads=heads,
                                  max_position_embeddings=args.length, pad_token_id=0, bos_token_id=3, eos_token_id=2)
-            LlamaForCausalLM(config).save_pretrained(directory, safe_serialization=True)
+            with torch.device(args.device):  # random init on the device: seconds for a 1B model on a GPU
+                model = LlamaForCausalLM(config)
+            model.to(torch.bfloat16).save_pretrained(directory, safe_serialization=True)  # bf16 files, as models ship
+            del model
             for file in tok_dir.iterdir():
                 shutil.copy(file, directory / file.name)
         teachers.append(directory)

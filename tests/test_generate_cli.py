@@ -184,3 +184,32 @@ def test_row_groups_follow_row_group_rows_not_the_batch_size(tmp_path, sources, 
     assert sum(sizes) == 128 and max(sizes) < 40 and len(set(sizes[:-1])) == 1
     table = pq.read_table(tmp_path / "pure" / record.path)
     assert table.column("logits").equals(pq.read_table(manifest.shard_paths()[0]).column("logits"))
+
+
+def test_overlapped_engine_writes_what_the_sequential_one_writes(tmp_path):
+    """LocalEngine(overlap=True) (the CUDA layout: the next batch's teachers on a thread
+    while this one is encoded) on the CPU: the same rows and values, batch for batch;
+    and a NaN teacher is still refused (the finiteness check moved to encode_batch)."""
+    import cli
+    from conftest import write_pixels_source
+    from transferset.generate import engines
+
+    rng = np.random.default_rng(3)
+    source = write_pixels_source(tmp_path / "lab.parquet", rng.integers(0, 16, (301, 64), dtype=np.uint8), rng.integers(0, 10, 301).tolist())
+    args = ["generate", "--teacher", "teacher_models:tiny_a", "--teacher", "teacher_models:tiny_b", "--source", str(source),
+            "--input-shape", "64", "--batch-size", "32", "--shard-rows", "100", "--storage-dtype", "float32", "--quiet"]
+    assert cli.main([*args, "--out", str(tmp_path / "plain")]) == 0
+    engines.unregister("local")
+    engines.register(engines.LocalEngine(overlap=True))
+    try:
+        assert cli.main([*args, "--out", str(tmp_path / "overlapped")]) == 0
+        nan_rows = rng.integers(0, 16, (40, 64), dtype=np.uint8)
+        nan_rows[7, 0] = 16  # teacher_models.nan_teacher returns NaN on such rows
+        bad = write_pixels_source(tmp_path / "nan.parquet", nan_rows)
+        assert cli.main(["generate", "--teacher", "teacher_models:nan_teacher", "--source", str(bad), "--input-shape", "64",
+                         "--batch-size", "16", "--quiet", "--out", str(tmp_path / "nan")]) == 2
+    finally:
+        engines.unregister("local")
+        engines.register(engines.LocalEngine())
+    read = lambda d: ds.dataset(str(d), format="parquet", exclude_invalid_files=True).to_table().sort_by("id")  # noqa: E731
+    assert read(tmp_path / "overlapped").equals(read(tmp_path / "plain"))

@@ -66,13 +66,19 @@ def combine(member_logits: torch.Tensor, method: str, temperature: float, weight
     k, vocab = member_logits.shape[0], member_logits.shape[-1]
     flat = member_logits.reshape(k, -1, vocab)
     out = torch.empty(flat.shape[1:], dtype=torch.float32, device=flat.device)
-    step = max(1, CHUNK_VALUES // (k * vocab))
+    step = max(1, chunk_values(flat.device) // (k * vocab))
     for start in range(0, flat.shape[1], step):
         out[start:start + step] = _combine_rows(flat[:, start:start + step], method, temperature, weights)
     return out.reshape(member_logits.shape[1:])
 
 
-CHUNK_VALUES = 1 << 24  # member logits combined at once (64 MB of float32)
+CHUNK_VALUES = 1 << 24  # member logits combined at once on the CPU (64 MB of float32)
+CUDA_CHUNK_VALUES = 1 << 27  # on a GPU (512 MB): fewer, larger kernels; a GPU's memory holds the members anyway
+
+
+def chunk_values(device: torch.device) -> int:
+    """How many values to work on at once: bounded temporaries, sized for the device."""
+    return CUDA_CHUNK_VALUES if device.type == "cuda" else CHUNK_VALUES
 
 
 def _combine_rows(member_logits: torch.Tensor, method: str, temperature: float, weights: torch.Tensor) -> torch.Tensor:

@@ -36,9 +36,15 @@ def log_probs(target_logits: torch.Tensor, temperature: float) -> torch.Tensor:
 CHUNK_VALUES = 1 << 24  # targets sparsified at once: 64 MB of float32 temporaries, whatever the vocabulary
 
 
-def _chunks(rows: int, vocab: int) -> range:
-    step = max(1, CHUNK_VALUES // vocab)
-    return range(0, rows, step)
+def _chunk_rows(vocab: int, device: torch.device) -> int:
+    """Rows per chunk: CHUNK_VALUES values on the CPU, combine.py's GPU budget on CUDA."""
+    from transferset.combine import CUDA_CHUNK_VALUES
+
+    return max(1, (CUDA_CHUNK_VALUES if device.type == "cuda" else CHUNK_VALUES) // vocab)
+
+
+def _chunks(rows: int, vocab: int, device: torch.device) -> range:
+    return range(0, rows, _chunk_rows(vocab, device))
 
 
 def topk_with_tail(target_logits: torch.Tensor, temperature: float, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -49,8 +55,9 @@ def topk_with_tail(target_logits: torch.Tensor, temperature: float, k: int) -> t
     shape, vocab = target_logits.shape[:-1], target_logits.shape[-1]
     flat = target_logits.reshape(-1, vocab)
     parts = []
-    for start in _chunks(flat.shape[0], vocab):
-        lp = log_probs(flat[start:start + max(1, CHUNK_VALUES // vocab)], temperature)
+    step = _chunk_rows(vocab, flat.device)
+    for start in _chunks(flat.shape[0], vocab, flat.device):
+        lp = log_probs(flat[start:start + step], temperature)
         top_lp, ids = lp.topk(k, dim=-1, largest=True, sorted=True)
         rest = lp.scatter(-1, ids, float("-inf"))  # the top k removed: what is left is the tail
         parts.append((ids, top_lp, torch.logsumexp(rest, dim=-1)))
@@ -79,8 +86,9 @@ def sample_counts(target_logits: torch.Tensor, temperature: float, n: int, seed:
     generator = torch.Generator(device="cpu").manual_seed(batch_seed(target_logits, seed))
     u_all = torch.rand((flat_logits.shape[0], n), generator=generator, dtype=torch.float64).to(target_logits.device)
     parts = []
-    for start in _chunks(flat_logits.shape[0], vocab):
-        stop = start + max(1, CHUNK_VALUES // vocab)
+    step = _chunk_rows(vocab, flat_logits.device)
+    for start in _chunks(flat_logits.shape[0], vocab, flat_logits.device):
+        stop = start + step
         flat = log_probs(flat_logits[start:stop], temperature)
         cdf = flat.double().exp().cumsum(dim=-1)
         cdf = cdf / cdf[:, -1:]  # exactly 1 at the end, whatever the float sum gave

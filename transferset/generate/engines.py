@@ -9,7 +9,9 @@ name lists the known ones.
 `LocalEngine` runs in this process with three stages overlapping: a reader
 thread prefetches and converts input batches, the caller's thread runs the
 teachers, and the writer thread encodes and writes Parquet (pyarrow releases
-the GIL while it compresses). Bounded queues keep memory flat.
+the GIL while it compresses). On CUDA a fourth overlap (`overlapped`): the next
+batch's teachers are queued on a thread while this one is copied to the host and
+encoded. Bounded queues keep memory flat.
 """
 
 from __future__ import annotations
@@ -19,10 +21,13 @@ import queue
 import threading
 from typing import ContextManager, Iterator, Protocol
 
+import pyarrow as pa
+import torch
+
 from transferset.registry import Registry
 from transferset.format.schema import parquet_options
 from transferset.generate.setup import Context
-from transferset.generate.shard import ShardJob, label_batch, read_batches
+from transferset.generate.shard import ShardJob, encode_batch, label_batch, read_batches, teach
 from transferset.progress import Progress
 from transferset.writer import ShardWriter
 
@@ -45,20 +50,45 @@ class LocalEngine:
     name = "local"
     prefetch_depth = 2  # input batches read ahead of the teachers
 
+    def __init__(self, overlap: bool | None = None) -> None:
+        self.overlap = overlap  # None: overlap teachers and encoding on CUDA only
+
     def run(self, jobs: list[ShardJob], context: Context, bar: Progress) -> None:
         options = parquet_options(context.schema, context.provenance)
         writer = ShardWriter(context.cfg.out, context.schema, options, context.cfg.row_group_rows)
+        overlap = context.device.type == "cuda" if self.overlap is None else self.overlap
         try:
             for job in jobs:
                 writer.open_shard(job.plan.index)
-                for first_row, batch, x in prefetch(read_batches(job), self.prefetch_depth):
-                    writer.write(job.plan.index, label_batch(job, first_row, batch, x))
-                    bar.advance(batch.num_rows)
+                inputs = prefetch(read_batches(job), self.prefetch_depth)
+                for rows in (overlapped(job, inputs) if overlap else (label_batch(job, *item) for item in inputs)):
+                    writer.write(job.plan.index, rows)
+                    bar.advance(rows.num_rows)
                 writer.close_shard(job.plan.index)
             writer.finish()
         except BaseException:
             writer.abort()
             raise
+
+
+def overlapped(job: ShardJob, inputs: Iterator) -> Iterator[pa.RecordBatch]:
+    """label_batch for every input batch, with batch i+1's teachers queued (on a thread)
+    while this thread encodes batch i: a GPU then computes while the host copies, encodes
+    and hands rows to the writer, instead of the two taking turns. On CUDA the encoding
+    runs on a side stream that waits for batch i's work only, so its copies to the host
+    do not queue behind batch i+1's teachers. One batch ahead bounds device memory to two
+    batches of member logits. The same values as label_batch (the same kernels per batch)."""
+    taught = prefetch((teach(job, *item) for item in inputs), depth=1)
+    side = torch.cuda.Stream(job.context.device) if job.context.device.type == "cuda" else None
+    for batch in taught:
+        if side is None:
+            yield encode_batch(batch)
+            continue
+        with torch.cuda.stream(side):
+            side.wait_event(batch.ready)
+            rows = encode_batch(batch)
+        side.synchronize()  # every use of batch's device tensors is done before they are freed
+        yield rows
 
 
 def session(engine: Engine, cfg) -> ContextManager:

@@ -4,7 +4,10 @@ The work is split into pure steps that an engine composes:
 
     read_batches(job)          source rows -> (first row, Arrow batch, named input tensors; a views
                                set's V views per row on CPU)
-    label_batch(job, ...)      teachers -> combine -> codec -> one Arrow batch of the shard
+    label_batch(job, ...)      teachers -> combine -> codec -> one Arrow batch of the shard, in two
+                               halves: teach (the device work, queued without a host sync) and
+                               encode_batch (the finiteness check, the codec's copy to the host,
+                               the Arrow columns)
     generate_shard(job)        both, written straight to the shard file: -> ShardRecord
 
 `generate_shard` has no threads, queues or progress bars: it is what a Ray actor
@@ -71,8 +74,31 @@ def _views(ctx: Context) -> ViewPlan | None:
     return ViewPlan.from_options(ctx.provenance.target_options) if ctx.provenance.target_kind == "views" else None
 
 
+@dataclass
+class Taught:
+    """One input batch after the teachers and the combine, still on the device: what
+    `encode_batch` turns into the shard's rows. `teach` queues the device work without
+    waiting for it, so an engine may run the next batch's teachers while it encodes this one."""
+
+    job: ShardJob
+    first_row: int
+    batch: pa.RecordBatch
+    x: dict[str, torch.Tensor]  # the inputs on the device (a views set: the views)
+    ids: pa.Array
+    params: torch.Tensor | None  # a views set's augmentation params
+    member: torch.Tensor  # (K, B, C) or (K, B, L, V) float32
+    not_finite: torch.Tensor  # bool (K, B): a member's row holds NaN/Inf (checked by encode_batch)
+    target: torch.Tensor  # (B, C) or (B, L, V) float32 target logits
+    ready: "torch.cuda.Event | None"  # recorded after the device work (CUDA only)
+
+
 def label_batch(job: ShardJob, first_row: int, batch: pa.RecordBatch, x: dict[str, torch.Tensor]) -> pa.RecordBatch:
     """The shard's rows for one input batch: ids, source, label, targets, inputs."""
+    return encode_batch(teach(job, first_row, batch, x))
+
+
+def teach(job: ShardJob, first_row: int, batch: pa.RecordBatch, x: dict[str, torch.Tensor]) -> Taught:
+    """Inputs to the device, (views,) teachers, combine: the device half of `label_batch`."""
     ctx = job.context
     pin = ctx.device.type == "cuda"
     x = {k: v.to(ctx.device, non_blocking=pin) for k, v in x.items()}
@@ -86,24 +112,38 @@ def label_batch(job: ShardJob, first_row: int, batch: pa.RecordBatch, x: dict[st
     member = teacher_lib.run_teachers(ctx.teachers, inputs, ctx.cfg.precision)  # (K, B, C) or (K, B, L, V)
     if params is not None:
         member = member.reshape(member.shape[0], batch.num_rows, params.shape[1], -1)  # (K, B, views, C)
-    _check_finite(member, job, first_row, ctx.teachers)
+    not_finite = _not_finite_rows(member)  # checked in encode_batch: no host sync here
     special = None
-    if ctx.specialists:  # other widths than the generalists: run (and checked) one by one
+    if ctx.specialists:  # other widths than the generalists: run (and checked) one by one, before the solver sees them
+        _check_finite(not_finite, job, first_row, ctx.teachers)
         special, special_logits = specialists.run(ctx.cfg, ctx.specialists, inputs)
         for t, logits in zip(ctx.specialists, special_logits):
-            _check_finite(logits.unsqueeze(0), job, first_row, [t])
+            _check_finite(_not_finite_rows(logits.unsqueeze(0)), job, first_row, [t])
     target = combine(member, ctx.cfg.combine, ctx.cfg.temperature, ctx.weights, special)  # (B, C) or (B, L, V) float32
+    ready = None
+    if pin:
+        ready = torch.cuda.Event()
+        ready.record()
+    return Taught(job, first_row, batch, x, ids, params, member, not_finite, target, ready)
+
+
+def encode_batch(taught: Taught) -> pa.RecordBatch:
+    """The host half of `label_batch`: refuse non-finite logits, then the codec's columns
+    (which copy the targets to the host) and the ids, source, label and input columns."""
+    job, batch, ctx = taught.job, taught.batch, taught.job.context
+    _check_finite(taught.not_finite, job, taught.first_row, ctx.teachers)
+    positions = taught.x.get(TARGET_MASK) if sequence_length(ctx.provenance) else None
     columns = {
-        ID: ids,
+        ID: taught.ids,
         SOURCE: pa.array([job.source.path] * batch.num_rows, pa.string()),
         LABEL: batch.column(ctx.cfg.label_column).cast(pa.int32()) if job.source.has_label else pa.nulls(batch.num_rows, pa.int32()),
-        **_encode(ctx, target, member, x.get(TARGET_MASK) if sequence_length(ctx.provenance) else None, params),
+        **_encode(ctx, taught.target, taught.member, positions, taught.params),
     }
     spec = ctx.cfg.input_spec
     for name in spec.columns:
         column = batch.column(name)
         keep_as_is = spec.transform is not None or spec.image  # encoded images are stored as they are
-        columns[name] = column if keep_as_is else spec.fixed_column(column, job.source.path, first_row=first_row)
+        columns[name] = column if keep_as_is else spec.fixed_column(column, job.source.path, first_row=taught.first_row)
     return pa.RecordBatch.from_arrays([columns[f.name] for f in ctx.schema], schema=ctx.schema)
 
 
@@ -151,10 +191,14 @@ def _ids(job: ShardJob, batch: pa.RecordBatch, first_row: int) -> pa.Array:
     return pa.array([f"{prefix}:{i}" for i in range(first_row, first_row + batch.num_rows)], pa.string())
 
 
-def _check_finite(member: torch.Tensor, job: ShardJob, first_row: int, teachers: list) -> None:
-    bad = ~torch.isfinite(member).all(dim=-1)  # (K, B), or (K, B, L) per token
-    if bad.ndim == 3:
-        bad = bad.any(dim=-1)
+def _not_finite_rows(member: torch.Tensor) -> torch.Tensor:
+    """bool (K, B): member k's row b holds a NaN or Inf logit (any position, any view)."""
+    bad = ~torch.isfinite(member).all(dim=-1)  # (K, B), or (K, B, L) per token / (K, B, V) per view
+    return bad.any(dim=-1) if bad.ndim == 3 else bad
+
+
+def _check_finite(bad: torch.Tensor, job: ShardJob, first_row: int, teachers: list) -> None:
+    """Refuse a batch where a member returned NaN/Inf (`bad` from _not_finite_rows), naming it and the rows."""
     if not bad.any():
         return
     k = int(bad.any(dim=1).nonzero()[0])

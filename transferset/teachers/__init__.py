@@ -156,12 +156,17 @@ def run_teachers(teachers: list[Teacher], inputs: dict[str, torch.Tensor], preci
             if not isinstance(out, torch.Tensor) or out.ndim not in (2, 3) or out.shape[0] != rows:
                 shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
                 raise UserError(f"teacher {t.name!r} returned {shape} for a batch of {rows}; a teacher must return logits [batch, classes]")
-            outs.append(out.to(torch.float32))
+            outs.append(out)
     shapes = {tuple(o.shape[1:]) for o in outs}
     if len(shapes) > 1:
         detail = ", ".join(f"{t.name}={o.shape[-1]}" for t, o in zip(teachers, outs))
         raise UserError(f"teachers disagree on the number of classes ({detail}); every ensemble member must predict the same classes")
-    return torch.stack(outs)
+    # One float32 [K, ...] written member by member (the cast happens in the copy): for an LM's
+    # [B, L, V] logits, a float32 copy per member and then a stack would move twice the bytes.
+    member = torch.empty((len(outs), *outs[0].shape), dtype=torch.float32, device=outs[0].device)
+    for k, out in enumerate(outs):
+        member[k].copy_(out)
+    return member
 
 
 from transferset.teachers import export, factory, torchscript, huggingface  # noqa: E402,F401,I001  (each registers its loader, in this order)
