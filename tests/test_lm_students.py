@@ -69,6 +69,36 @@ def test_dense_token_losses_match_numpy(kind):
     np.testing.assert_allclose(got.item(), 4.0 * per_position[mask].mean(), rtol=1e-6)
 
 
+@pytest.mark.parametrize("targets_kind", ["dense", "topk"])
+def test_chunked_losses_equal_the_whole_batch_forms_with_their_gradients(monkeypatch, targets_kind):
+    """Target positions taken 2 at a time (checkpointed chunks) give the one-chunk loss
+    and gradient: the chunking changes memory, not the result."""
+    from train import lm_losses
+
+    rng = np.random.default_rng(5)
+    student, teacher = rng.normal(size=(3, 7, 13)) * 2, rng.normal(size=(3, 7, 13)) * 3
+    tokens = _tokens(rng, 3, 7, 13)
+    if targets_kind == "dense":
+        targets = {"target_logits": torch.tensor(teacher)}
+    else:
+        lp = torch.log_softmax(torch.tensor(teacher), -1)
+        top, ids = lp.topk(4, dim=-1)
+        targets = {"support_ids": ids, "support_weights": top.exp(), "support_logprobs": top,
+                   "tail_logmass": torch.logsumexp(lp.scatter(-1, ids, float("-inf")), -1)}
+
+    def loss_and_grad():
+        logits = torch.tensor(student, requires_grad=True)
+        loss, _ = lm_distillation_loss(logits, targets, tokens, alpha=0.6, temperature=2.0, kind="jsd")
+        loss.backward()
+        return loss.detach(), logits.grad
+
+    whole = loss_and_grad()
+    monkeypatch.setattr(lm_losses, "CHUNK_VALUES", 2 * 13)  # 2 positions per chunk
+    chunked = loss_and_grad()
+    torch.testing.assert_close(chunked[0], whole[0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(chunked[1], whole[1], rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("kind", ["kd", "reverse-kl", "jsd"])
 def test_topk_token_losses_are_the_coarsened_divergences(kind):
     rng = np.random.default_rng(1)

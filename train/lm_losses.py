@@ -11,11 +11,15 @@ Masks: only positions with target_mask = 1 count (position t holds the teachers'
 distribution of token t + 1). Every term is the mean over the target positions
 of the whole batch, not a mean of per-row means, so a row with 3 targets weighs 3
 positions, like a row with 30 weighs 30. A batch without target positions has
-loss 0 (graph kept). The student's logits are first gathered at the target
-positions ([N, V], N = target positions), so padding and prompt positions never
-reach a log-softmax. Copies of [N, V] per step: the gather, the log-softmax (dense)
-or log-sum-exp, and for a support's tail one scatter of -inf (the exact tail; see
-docs/lm.md for measured costs). Not vocabulary-chunked.
+loss 0 (graph kept). Padding and prompt positions never reach a log-softmax.
+
+Memory: the student's [B, L, V] logits and one gradient buffer of their size are the
+only full-size tensors. The target positions are taken CHUNK_VALUES / V at a time: each
+chunk gathers its [n, V] rows, computes the soft and hard terms and their gradient (a
+small graph of its own), writes that gradient into the buffer, and frees its
+temporaries (gather, log-softmax or log-sum-exp, a support's -inf scatter for the
+exact tail) before the next chunk (`_ChunkedTokenLoss`). The values equal the
+unchunked formulas up to float summation order.
 
 Soft terms at temperature T, scaled by T^2 (Hinton et al.; see train/losses.py):
     kd          forward KL(p_T || q_T): dense over V; top-k over the K ids plus one
@@ -40,6 +44,7 @@ from typing import Callable
 import torch
 
 LOG_P_FLOOR = -100.0  # log p below this (p = 0, e.g. a float16 underflow) counts as this in reverse KL / JSD
+CHUNK_VALUES = 1 << 24  # student logits per chunk of target positions: 64 MB of float32 temporaries
 
 
 def _f32(x: torch.Tensor) -> torch.Tensor:
@@ -123,29 +128,85 @@ def position_divergence(s: torch.Tensor, targets: dict[str, torch.Tensor], tempe
 def token_soft_loss(logits: torch.Tensor, targets: dict[str, torch.Tensor], tokens: torch.Tensor, temperature: float,
                     kind: str = "kd") -> torch.Tensor:
     """T^2 * mean over the batch's target positions of `kind`; a scalar (0 without targets)."""
-    mask = target_positions(tokens)
-    if not bool(mask.any()):
-        return _f32(logits).sum() * 0.0
-    picked = {name: value[mask] for name, value in targets.items()}  # [N, ...]
-    return temperature**2 * position_divergence(logits[mask], picked, temperature, kind).mean()
+    return _token_loss(logits, targets, tokens, temperature, kind, soft_weight=1.0, hard_weight=0.0)[0]
 
 
 def next_token_ce(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy (T = 1) of input_ids[t + 1] at the target positions t; a scalar."""
-    mask = target_positions(tokens)
-    if not bool(mask.any()):
-        return _f32(logits).sum() * 0.0
-    return torch.nn.functional.cross_entropy(_f32(logits[mask]), next_tokens(tokens)[mask], reduction="mean")
+    return _token_loss(logits, None, tokens, 1.0, "kd", soft_weight=0.0, hard_weight=1.0)[0]
 
 
 def lm_distillation_loss(logits: torch.Tensor, targets: dict[str, torch.Tensor] | None, tokens: torch.Tensor, *, alpha: float,
                          temperature: float, kind: str = "kd") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """alpha * soft + (1 - alpha) * hard, as train.losses.distillation_loss but per token;
     a term of weight 0 is not computed. Without targets: the hard term alone."""
-    zero = _f32(logits).sum() * 0.0
     if targets is None:
-        hard = next_token_ce(logits, tokens)
-        return hard, {"soft": zero.detach(), "hard": hard.detach()}
-    soft = token_soft_loss(logits, targets, tokens, temperature, kind) if alpha > 0 else zero
-    hard = next_token_ce(logits, tokens) if alpha < 1 else zero
-    return alpha * soft + (1.0 - alpha) * hard, {"soft": soft.detach(), "hard": hard.detach()}
+        loss, _, hard = _token_loss(logits, None, tokens, 1.0, kind, soft_weight=0.0, hard_weight=1.0)
+        return loss, {"soft": torch.zeros_like(hard), "hard": hard}
+    loss, soft, hard = _token_loss(logits, targets, tokens, temperature, kind, soft_weight=alpha, hard_weight=1.0 - alpha)
+    return loss, {"soft": soft, "hard": hard}
+
+
+def _token_loss(logits: torch.Tensor, targets: dict[str, torch.Tensor] | None, tokens: torch.Tensor, temperature: float,
+                kind: str, *, soft_weight: float, hard_weight: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(soft_weight * soft + hard_weight * hard, soft, hard): soft = T^2 * mean divergence,
+    hard = mean next-token CE over the target positions; the last two detached. A term
+    of weight 0 is not computed (reported as 0)."""
+    mask = target_positions(tokens)  # [B, L]
+    if not bool(mask.any()):
+        zero = _f32(logits).sum() * 0.0
+        return zero, zero.detach(), zero.detach()
+    names = list(targets or {})
+    n = mask.sum().to(torch.float32)
+    scale = torch.stack([n.new_tensor(temperature**2), n.new_tensor(1.0)]) / n  # sums -> (soft, hard) means
+    weights = torch.tensor([soft_weight, hard_weight], dtype=torch.float32, device=logits.device) * scale
+
+    def terms(rows: torch.Tensor, labels: torch.Tensor, *picked: torch.Tensor) -> torch.Tensor:
+        """float32 [2]: the chunk's sums of the divergence and of the CE over its positions."""
+        zero = rows.new_zeros((), dtype=torch.float32)
+        soft = position_divergence(rows, dict(zip(names, picked)), temperature, kind).sum() if soft_weight else zero
+        hard = torch.nn.functional.cross_entropy(_f32(rows), labels, reduction="sum") if hard_weight else zero
+        return torch.stack([soft, hard])
+
+    flat = logits.reshape(mask.numel(), logits.shape[-1])  # [B * L, V], a view
+    extras = [next_tokens(tokens).reshape(-1)] + [value.reshape(mask.numel(), *value.shape[2:]) for value in (targets or {}).values()]
+    index = mask.reshape(-1).nonzero().squeeze(-1)  # [N]
+    total, sums = _ChunkedTokenLoss.apply(flat, index, terms, weights, max(1, CHUNK_VALUES // flat.shape[-1]), *extras)
+    soft, hard = (sums * scale).unbind()
+    return total, soft, hard
+
+
+class _ChunkedTokenLoss(torch.autograd.Function):
+    """sum over chunks of target positions of weights . terms(rows [n, V], *extras[n]), with
+    its gradient with respect to the logits computed chunk by chunk in the forward, each
+    chunk a leaf of its own small graph (autograd.grad), written into one [B * L, V]
+    buffer. So the [n, V] temporaries live one chunk at a time, and no step builds a
+    full-size tensor per chunk (as autograd through `flat[index]` would: each chunk's
+    backward scatters into a zero tensor of the whole logits)."""
+
+    @staticmethod
+    def forward(ctx, flat, index, terms, weights, step, *extras):
+        want_grad = ctx.needs_input_grad[0]
+        grad = torch.zeros_like(flat) if want_grad else None
+        sums = torch.zeros(2, dtype=torch.float32, device=flat.device)
+        for start in range(0, index.numel(), step):
+            part = index[start:start + step]
+            rows = flat.index_select(0, part)  # [n, V]
+            picked = [value.index_select(0, part) for value in extras]
+            if want_grad:
+                with torch.enable_grad():
+                    rows.requires_grad_()
+                    chunk = terms(rows, *picked)
+                    (rows_grad,) = torch.autograd.grad((chunk * weights).sum(), rows)
+                grad.index_copy_(0, part, rows_grad)  # positions are distinct: a copy, not an add
+            else:
+                chunk = terms(rows, *picked)
+            sums += chunk.detach()
+        ctx.save_for_backward(grad)
+        ctx.mark_non_differentiable(sums)
+        return (sums * weights).sum(), sums
+
+    @staticmethod
+    def backward(ctx, grad_total, grad_sums):
+        (grad,) = ctx.saved_tensors
+        return (grad.mul_(grad_total), None, None, None, None) + (None,) * (len(ctx.needs_input_grad) - 5)
