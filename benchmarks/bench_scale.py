@@ -1,6 +1,6 @@
-"""Scale-out, generate half: `--engine ray` against `--engine local` on one machine.
+"""Scale-out on one machine: `--engine ray` against `--engine local`, and torchrun students.
 
-    python benchmarks/bench_scale.py [--rows 20000] [--repeat 3] [--devices cpu,cpu]
+    python benchmarks/bench_scale.py [--rows 20000] [--repeat 3] [--devices cpu,cpu] [--ddp 2]
 
 Real teachers: an ensemble of 3 MLPs 784-1200-1200-10 (bench_models) over the MNIST
 training images, dense float16 targets, the same flags for both engines. Printed side by
@@ -12,6 +12,10 @@ side in one run:
     ray first    the first run after ray.init: worker processes start and import torch
     ray start    what `--engine ray` adds once per command when it starts Ray itself
     --devices    optional: one local process per device (whole commands, imports included)
+    --ddp N      optional: a 784-800-800-10 student, one epoch of the local set, as
+                 `transferset train` (one process, N torch threads) against `torchrun
+                 --nproc-per-node N` (1 thread each): epoch seconds from metrics.jsonl
+                 (the training loop alone) and whole commands
 
 The issue's target is ray / local <= 1.15 with real teachers. Every ray run also starts
 its actors, each loading torch and the teachers: that is in the ray time, as it is in a
@@ -60,6 +64,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--shard-rows", type=int, default=8192)
     parser.add_argument("--devices", help="also time `--devices D,D,...` (whole commands)")
+    parser.add_argument("--ddp", type=int, help="also time torchrun students on this many processes")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-scale-"))
     try:
@@ -120,6 +125,35 @@ def run(args, work: Path) -> None:
         t_many = median_time(whole("--devices", args.devices), args.repeat)
         print(f"   one process (whole command):       {t_one:7.2f} s")
         print(f"   --devices {args.devices} (whole command): {t_many:7.2f} s   ratio {t_many / t_one:.3f}")
+    if args.ddp:
+        ddp(args, work / "local")
+
+
+def ddp(args, transfer: Path) -> None:
+    """One process against torchrun with args.ddp processes, the same global batch."""
+    import json
+
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}:{HERE}"}
+    train = ["train", "--transfer", str(transfer), "--student", "train.students:mlp", "--epochs", "1", "--batch-size", "512",
+             "--device", "cpu", "--quiet"]
+    runs = {"one process": [sys.executable, "-m", "cli", *train, "--threads", str(args.ddp)],
+            f"torchrun x {args.ddp}": [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.ddp}",
+                                       "-m", "cli", *train, "--threads", "1"]}
+    results = {}
+    for name, command in runs.items():
+        epochs, wholes = [], []
+        for i in range(args.repeat):
+            out = transfer.parent / f"ddp-{i}"
+            shutil.rmtree(out, ignore_errors=True)
+            started = time.perf_counter()
+            subprocess.run([*command, "--out", str(out)], cwd=ROOT, env=env, check=True, capture_output=True)
+            wholes.append(time.perf_counter() - started)
+            epochs.append(json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["seconds"])
+        results[name] = (statistics.median(epochs), statistics.median(wholes))
+        print(f"   student epoch, {name:14s} {results[name][0]:7.2f} s  (whole command {results[name][1]:.2f} s)")
+    (one_epoch, one_whole), (many_epoch, many_whole) = results.values()
+    print(f"   ratio torchrun / one process: {many_epoch / one_epoch:.3f} (epoch), {many_whole / one_whole:.3f} (command); "
+          f"CPU-bound here: both use all {args.ddp} cores")
 
 
 if __name__ == "__main__":

@@ -768,6 +768,7 @@ def cases(f: dict[str, Path], o: Path) -> dict[str, list]:
         "train-out-not-a-run": [*data, "--out", f["existing_out"]],
         "train-out-is-a-file": [*data, "--out", f["a_file"]],
         "train-out-other-config": [*data, "--epochs", "2", "--out", f["run"]],
+        "train-batch-norm-single-row": ["train", "--transfer", f["set"], "--student", "train.students:resnet18", "--batch-size", "36", *out],
         "train-temperature-sparse-targets": ["train", "--transfer", f["set_top3"], "--temperature", "4", *out],
         "train-class-student-per-token": ["train", "--transfer", f["set_tokens"], *out],
         "train-tokens-per-batch-short": [*lm, "--tokens-per-batch", "10", *out],

@@ -37,7 +37,7 @@ from typing import Any, Iterator
 import torch
 
 from train import checkpoint as ckpt
-from train import distributed, health
+from train import distributed, health, order
 from train.checkpoint import CHECKPOINTS, CONFIG, METRICS
 from train.config import TrainConfig
 from train.data import TrainingData, open_training_data
@@ -84,6 +84,7 @@ def _train(cfg: TrainConfig, world: World) -> dict[str, Any]:
     # so that a student that cannot be built leaves nothing that refuses the corrected command
     state = build_state(cfg, num_classes=data.num_classes, input_shape=data.input_shape, total_steps=data.total_steps,
                         warmup_steps=data.warmup_steps, device=world.device, checkpoint=None, per_token=data.per_token)
+    _refuse_single_row_batch_norm(state.model, data.source, cfg.batch_size, world)
 
     # -- 2. run directory (rank 0 only): claim it, fingerprint, then start / resume / refuse --------
     fingerprint = cfg.fingerprint(data.identity)
@@ -132,6 +133,22 @@ def _train(cfg: TrainConfig, world: World) -> dict[str, Any]:
     atomic_write_json(out / CONFIG, {**config_doc, "finished": True, "final": record})
     say(f"student saved to {out}/student.pt and {out}/student.pt2", cfg.quiet)
     return record
+
+
+def _refuse_single_row_batch_norm(model: torch.nn.Module, source: StreamSource, batch_size: int, world: World) -> None:
+    """A student with BatchNorm cannot train on a batch of one row (one value per channel
+    where the spatial size is 1): refuse the batch size that gives one, before any step."""
+    if not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return
+    part = order.rank_part(source.num_rows, batch_size, world.world_size, 0, drop_last=False)
+    last = part.global_bounds(part.num_batches - 1)
+    if (last[1] - last[0]) // world.world_size == 1:
+        better = next((b for b in range(batch_size + world.world_size, 2 * batch_size + 2 * world.world_size, world.world_size)
+                       if source.num_rows % b == 0 or source.num_rows % b >= 2 * world.world_size), None)
+        raise UserError(f"the student has BatchNorm, which cannot train on a batch of 1 row, and --batch-size {batch_size} leaves "
+                        f"{counted(last[1] - last[0], 'row')} in the last batch of each epoch "
+                        f"({counted(source.num_rows, 'row')}{f' over {world.world_size} processes' if world.world_size > 1 else ''}); "
+                        f"use {f'--batch-size {better}' if better else 'another --batch-size'}")
 
 
 def _check_health(record: dict[str, Any], cfg: TrainConfig, log: MetricsLog, out: Path, world: World) -> None:
