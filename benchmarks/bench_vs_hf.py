@@ -148,7 +148,7 @@ def make_sources(work: Path, sizes: list[int]) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    base = work / "mnist-60000.parquet"
+    base = work / "mnist-train.parquet"
     subprocess.run([sys.executable, "-m", "cli", "convert", "--images", str(MNIST / "train-images-idx3-ubyte.gz"),
                     "--labels", str(MNIST / "train-labels-idx1-ubyte.gz"), "--out", str(base), "--quiet"], cwd=ROOT, check=True)
     table = pq.read_table(base)
