@@ -166,6 +166,16 @@ def _image_inputs(args: argparse.Namespace, spec, meta: dict):
 
 
 def run(args: argparse.Namespace) -> int:
+    from transferset import gcpause
+
+    gcpause.pause()  # until the teachers are loaded (generate/__init__.py resumes it then)
+    try:
+        return _run(args)
+    finally:
+        gcpause.resume()  # also when the run stopped before
+
+
+def _run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from transferset.generate import GenerateConfig, run_generate

@@ -24,7 +24,7 @@ from transferset.format.card import CARD, CardSettings, rewrite_card
 from transferset.format.manifest import JOB, MANIFEST, RECORDS_DIR, Manifest, read_shard_records, shard_name, write_manifest
 from transferset.format.provenance import fingerprint
 from transferset.format.schema import target_schema
-from transferset import ownership
+from transferset import gcpause, ownership
 from transferset.generate import setup, specialists
 from transferset.generate.config import GenerateConfig
 from transferset.generate.engines import get_engine, session
@@ -49,6 +49,7 @@ def run_generate(cfg: GenerateConfig) -> Manifest | None:
 
 def _run(cfg: GenerateConfig, engine) -> Manifest | None:
     prepared = prepare(cfg)
+    gcpause.resume()  # start-up is over: see transferset/gcpause.py
     if isinstance(prepared, Manifest):
         _update_card(cfg, prepared)
         return prepared
