@@ -149,8 +149,17 @@ def make_sources(work: Path, sizes: list[int]) -> None:
     import pyarrow.parquet as pq
 
     base = work / "mnist-train.parquet"
-    subprocess.run([sys.executable, "-m", "cli", "convert", "--images", str(MNIST / "train-images-idx3-ubyte.gz"),
-                    "--labels", str(MNIST / "train-labels-idx1-ubyte.gz"), "--out", str(base), "--quiet"], cwd=ROOT, check=True)
+    images, labels = MNIST / "train-images-idx3-ubyte.gz", MNIST / "train-labels-idx1-ubyte.gz"
+    if not images.exists():  # e.g. a GPU machine without ../shared: same shapes and types, random values
+        import numpy as np
+
+        rng = np.random.default_rng(0)
+        images, labels = work / "pixels.npy", work / "labels.npy"
+        np.save(images, rng.integers(0, 256, (60000, 28, 28), dtype=np.uint8))
+        np.save(labels, rng.integers(0, 10, 60000).astype(np.uint8))
+        print(f"{MNIST} not found: random 28x28 uint8 images instead (timings only)")
+    subprocess.run([sys.executable, "-m", "cli", "convert", "--images", str(images), "--labels", str(labels), "--out", str(base),
+                    "--quiet"], cwd=ROOT, check=True)
     table = pq.read_table(base)
     for n in sizes:
         path = source_path(work, n)
