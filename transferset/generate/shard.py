@@ -98,7 +98,16 @@ def label_batch(job: ShardJob, first_row: int, batch: pa.RecordBatch, x: dict[st
 
 
 def teach(job: ShardJob, first_row: int, batch: pa.RecordBatch, x: dict[str, torch.Tensor]) -> Taught:
-    """Inputs to the device, (views,) teachers, combine: the device half of `label_batch`."""
+    """Inputs to the device, (views,) teachers, combine: the device half of `label_batch`.
+    On CUDA the device is made current, for code that creates tensors on "cuda" (an engine
+    may call this on a thread of its own, whose current device is cuda:0)."""
+    if job.context.device.type == "cuda":
+        with torch.cuda.device(job.context.device):
+            return _teach(job, first_row, batch, x)
+    return _teach(job, first_row, batch, x)
+
+
+def _teach(job: ShardJob, first_row: int, batch: pa.RecordBatch, x: dict[str, torch.Tensor]) -> Taught:
     ctx = job.context
     pin = ctx.device.type == "cuda"
     x = {k: v.to(ctx.device, non_blocking=pin) for k, v in x.items()}
@@ -123,7 +132,7 @@ def teach(job: ShardJob, first_row: int, batch: pa.RecordBatch, x: dict[str, tor
     ready = None
     if pin:
         ready = torch.cuda.Event()
-        ready.record()
+        ready.record(torch.cuda.current_stream(ctx.device))
     return Taught(job, first_row, batch, x, ids, params, member, not_finite, target, ready)
 
 
