@@ -4,6 +4,8 @@ same targets (when `datasets` is installed; without it, --skip-hf is what runs).
 
 from __future__ import annotations
 
+import pytest
+
 import importlib.util
 import re
 import subprocess
@@ -16,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MNIST = ROOT.parent / "shared" / "datasets" / "mnist"
 
 
+@pytest.mark.slow  # a benchmark's smoke run (~35 s): `pytest -m slow`
 def test_one_invocation_prints_the_whole_table(tmp_path):
     shared_dataset(MNIST / "train-images-idx3-ubyte.gz")
     with_hf = importlib.util.find_spec("datasets") is not None

@@ -115,6 +115,7 @@ def test_a_checkpoint_of_one_process_resumes_on_two(runs):
     assert_close_runs(out, runs["single"])
 
 
+@pytest.mark.slow  # two more torchrun launches (~20 s): `pytest -m slow`
 def test_a_rank_that_dies_stops_the_job_naming_it_and_the_rerun_resumes(runs):
     """SIGKILL rank 1 once the step-5 checkpoint exists: torchrun stops rank 0 and
     names rank 1; the same command again resumes and ends with the reference weights."""
@@ -151,3 +152,15 @@ def _rank_pid(parent: int, rank: int) -> int | None:
         if ppid == parent and f"RANK={rank}".encode() in environ:
             return int(entry.name)
     return None
+
+
+def test_resuming_with_another_global_batch_is_refused(runs, capsys):
+    """The position in the global order means nothing under another global batch: the
+    checkpoint's configuration differs, and the refusal names batch_size."""
+    checkpoint = ckpt.checkpoint_path(runs["single"] / "checkpoints", 15)
+    args = [a if a != "8" else "16" for a in ARGS]  # --batch-size 16
+    out = runs["root"] / "other-batch"
+    assert cli.main(["train", "--transfer", str(runs["transfer"]), *args, "--resume", str(checkpoint), "--out", str(out)]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "(changed: --batch-size)" in error[0] and "different configuration" in error[0], error
+    assert not (out / "student.pt").exists()

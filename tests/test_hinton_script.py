@@ -27,6 +27,7 @@ ROWS = {"teacher", "ensemble_arithmetic", "ensemble_geometric", "hard", "soft_ge
 SUBCOMMANDS = {"convert", "train", "generate", "inspect", "eval"}
 
 
+@pytest.mark.slow  # ~40 CLI processes (~80 s on 2 cores): `pytest -m slow`
 def test_smoke_protocol_covers_every_row_through_the_cli_only(tmp_path):
     shared_dataset(MNIST / "train-images-idx3-ubyte.gz")
     work = tmp_path / "hinton"

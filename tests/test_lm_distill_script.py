@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import bench_lm_distill as study  # noqa: E402
 
 
+@pytest.mark.slow  # a benchmark's smoke run (~40 s): `pytest -m slow`
 def test_smoke_study_runs_end_to_end_and_reports_every_student(tmp_path):
     shared_dataset(SST2 / "train.tsv")
     work = tmp_path / "lm"
