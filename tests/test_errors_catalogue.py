@@ -794,6 +794,7 @@ def cases(f: dict[str, Path], o: Path) -> dict[str, list]:
         "eval-class-bias-unknown-name": ["eval", f["run"], "--data", f["lab"], "--class-bias", "three=2.5"],
         "eval-transfer-set-other-classes": ["eval", f["run"], "--data", f["set_7_classes"]],
         "eval-batch-size-zero": ["eval", f["run"], "--data", f["lab"], "--batch-size", "0"],
+        "eval-class-run-on-per-token-set": ["eval", f["run"], "--data", f["set_tokens"]],
     }
 
 
