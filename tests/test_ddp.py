@@ -68,6 +68,14 @@ def assert_close_runs(got: Path, want: Path) -> None:
         torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")
 
 
+def assert_same_metrics(got: Path, want: Path) -> None:
+    records = lambda run: [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    for g, w in zip(records(got), records(want), strict=True):
+        assert g["train_labelled"] == w["train_labelled"]
+        for key in ("train_loss", "train_soft", "train_hard", "train_baseline", "train_accuracy"):
+            assert g[key] == pytest.approx(w[key], rel=1e-4), key
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """The single-process reference run (in this process: cheap; each xdist worker
@@ -92,13 +100,7 @@ def test_two_processes_train_the_single_process_student_and_resume_on_one(runs):
     assert len(lines) == 2
     steps = lambda run: [ckpt.load_checkpoint(p)["position"]["step"] for p in ckpt.list_checkpoints(run / "checkpoints")]  # noqa: E731
     assert steps(double) == steps(runs["single"])
-    # The epoch's sums were summed over the ranks: the logged losses are the single run's.
-    got = [json.loads(line) for line in lines]
-    want = [json.loads(line) for line in (runs["single"] / "metrics.jsonl").read_text().splitlines()]
-    for g, w in zip(got, want):
-        assert g["train_labelled"] == w["train_labelled"]
-        for key in ("train_loss", "train_soft", "train_hard", "train_baseline"):
-            assert g[key] == pytest.approx(w[key], rel=1e-4), key
+    assert_same_metrics(double, runs["single"])  # the epoch's sums were summed over the ranks
 
     # Mid epoch 1 (global batch 5 of 20): one process continues the 2-process run.
     checkpoint = ckpt.checkpoint_path(double / "checkpoints", 25)
@@ -113,6 +115,7 @@ def test_a_checkpoint_of_one_process_resumes_on_two(runs):
     proc = torchrun("train", "--transfer", runs["transfer"], *ARGS, "--resume", checkpoint, "--out", out, root=runs["root"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert_close_runs(out, runs["single"])
+    assert_same_metrics(out, runs["single"])  # the checkpoint's epoch sums counted once, not once per rank
 
 
 @pytest.mark.slow  # two more torchrun launches (~20 s): `pytest -m slow`
@@ -136,6 +139,7 @@ def test_a_rank_that_dies_stops_the_job_naming_it_and_the_rerun_resumes(runs):
     rerun = torchrun(*command, root=runs["root"])
     assert rerun.returncode == 0, rerun.stderr[:6000]
     assert_close_runs(out, runs["single"])
+    assert_same_metrics(out, runs["single"])
 
 
 def _rank_pid(parent: int, rank: int) -> int | None:

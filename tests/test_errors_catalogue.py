@@ -577,6 +577,7 @@ def cases(f: dict[str, Path], o: Path) -> dict[str, list]:
         "generate-ray-address-unreachable": ["generate", *gen, "--engine", "ray", "--ray-address", "127.0.0.1:1", *out],
         "generate-ray-flag-without-engine": ["generate", *gen, "--ray-actors", "2", *out],
         "generate-ray-actors-zero": ["generate", *gen, "--engine", "ray", "--ray-actors", "0", *out],
+        "generate-views-with-ray": ["generate", *gen, "--engine", "ray", "--views", "2", "--augment", "hflip", *out],
         "generate-devices-and-device": ["generate", *gen, "--devices", "cpu,cpu", "--device", "cpu", *out],
         "generate-devices-and-writers": ["generate", *gen, "--devices", "cpu,cpu", "--num-writers", "2", *out],
         "generate-devices-and-ray": ["generate", *gen, "--devices", "cpu,cpu", "--engine", "ray", *out],

@@ -10,8 +10,9 @@ from transferset import gcpause
 @pytest.fixture(autouse=True)
 def restore_gc():
     was = gc.isenabled()
+    gcpause._frozen = False  # each test starts as a fresh process would
     yield
-    gcpause._paused = False
+    gcpause._paused = gcpause._frozen = False
     gc.unfreeze()
     (gc.enable if was else gc.disable)()
 
@@ -26,6 +27,8 @@ def test_pause_then_resume_enables_and_freezes():
     assert gc.isenabled()
     assert gc.get_freeze_count() >= before + len(kept)
     gcpause.resume()  # a second resume does nothing
+    assert gc.isenabled()
+    gcpause.pause()  # nor does a second start-up in the same process: it would freeze its garbage for good
     assert gc.isenabled()
 
 

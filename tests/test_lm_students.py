@@ -358,3 +358,22 @@ def test_inspect_summarises_per_token_sets(lm, capsys, monkeypatch, name):
     assert cli.main(["inspect", str(lm / name)]) == 0
     shown = capsys.readouterr().out
     assert "879 target positions" in shown and "teacher top-1 = next token" in shown
+
+
+def test_chunked_loss_gradient_survives_fp16_and_refuses_a_second_backward():
+    """The chunk's gradient is taken in float32 and cast after the loss scale: an fp16
+    student's small gradients do not flush to 0 (as they would if rounded unscaled)."""
+    rng = np.random.default_rng(9)
+    tokens = _tokens(rng, 8, 64, 500)
+    logits32 = torch.tensor(rng.normal(size=(8, 64, 500)), dtype=torch.float32, requires_grad=True)
+    teacher = {"target_logits": torch.tensor(rng.normal(size=(8, 64, 500)) * 2, dtype=torch.float32)}
+    loss, _ = lm_distillation_loss(logits32, teacher, tokens, alpha=0.5, temperature=1.0)
+    (loss * 65536).backward()
+    logits16 = logits32.detach().half().requires_grad_()
+    loss16, _ = lm_distillation_loss(logits16, teacher, tokens, alpha=0.5, temperature=1.0)
+    (loss16 * 65536).backward(retain_graph=True)
+    want = (logits32.grad).half()  # the scaled float32 gradient, rounded once
+    assert (logits16.grad == 0).float().mean() <= (want == 0).float().mean() + 0.01
+    torch.testing.assert_close(logits16.grad.float(), logits32.grad, rtol=2e-2, atol=2e-2)
+    with pytest.raises(RuntimeError, match="one backward per forward"):
+        (loss16 * 65536).backward()

@@ -52,6 +52,12 @@ def finish(world: World) -> None:
         dist.destroy_process_group()
 
 
+def barrier(world: World) -> None:
+    """Every rank waits here for the others (nothing for one process)."""
+    if world.world_size > 1 and dist.is_initialized():
+        dist.barrier()
+
+
 def wrap(model: torch.nn.Module, world: World) -> torch.nn.Module:
     """The module that training steps call: DDP around `model` on several processes
     (it all-reduces the gradients in backward), `model` itself on one."""

@@ -171,42 +171,64 @@ def _token_loss(logits: torch.Tensor, targets: dict[str, torch.Tensor] | None, t
     flat = logits.reshape(mask.numel(), logits.shape[-1])  # [B * L, V], a view
     extras = [next_tokens(tokens).reshape(-1)] + [value.reshape(mask.numel(), *value.shape[2:]) for value in (targets or {}).values()]
     index = mask.reshape(-1).nonzero().squeeze(-1)  # [N]
-    total, sums = _ChunkedTokenLoss.apply(flat, index, terms, weights, max(1, CHUNK_VALUES // flat.shape[-1]), *extras)
+    step = max(1, CHUNK_VALUES // flat.shape[-1])
+    if torch.is_grad_enabled() and flat.requires_grad:  # grad mode is off inside a Function's forward: read it here
+        total, sums = _ChunkedTokenLoss.apply(flat, index, terms, weights, step, *extras)
+    else:
+        sums = _chunk_sums(flat, index, terms, weights, step, extras, grad=None)
+        total = (sums * weights).sum()
     soft, hard = (sums * scale).unbind()
     return total, soft, hard
+
+
+def _chunk_sums(flat: torch.Tensor, index: torch.Tensor, terms: Callable[..., torch.Tensor], weights: torch.Tensor, step: int,
+                extras: list[torch.Tensor], grad: torch.Tensor | None) -> torch.Tensor:
+    """float32 [2]: the (soft, hard) sums over the positions `index`, CHUNK_VALUES logits at a
+    time; with `grad` (float32 [B * L, V]), each chunk's gradient of weights . terms is
+    written into it at the chunk's rows. The chunk is taken in float32 before it becomes a
+    leaf, so an fp16 student's small gradients do not underflow before the loss scale of
+    the backward reaches them."""
+    sums = torch.zeros(2, dtype=torch.float32, device=flat.device)
+    for start in range(0, index.numel(), step):
+        part = index[start:start + step]
+        rows = flat.index_select(0, part).float()  # [n, V]
+        picked = [value.index_select(0, part) for value in extras]
+        if grad is not None:
+            with torch.enable_grad():
+                rows.requires_grad_()
+                chunk = terms(rows, *picked)
+                (rows_grad,) = torch.autograd.grad((chunk * weights).sum(), rows)
+            grad.index_copy_(0, part, rows_grad)  # positions are distinct: a copy, not an add
+        else:
+            chunk = terms(rows, *picked)
+        sums += chunk.detach()
+    return sums
 
 
 class _ChunkedTokenLoss(torch.autograd.Function):
     """sum over chunks of target positions of weights . terms(rows [n, V], *extras[n]), with
     its gradient with respect to the logits computed chunk by chunk in the forward, each
-    chunk a leaf of its own small graph (autograd.grad), written into one [B * L, V]
-    buffer. So the [n, V] temporaries live one chunk at a time, and no step builds a
-    full-size tensor per chunk (as autograd through `flat[index]` would: each chunk's
-    backward scatters into a zero tensor of the whole logits)."""
+    chunk a leaf of its own small graph (autograd.grad), written into one float32
+    [B * L, V] buffer. So the [n, V] temporaries live one chunk at a time, and no step
+    builds a full-size tensor per chunk (as autograd through `flat[index]` would: each
+    chunk's backward scatters into a zero tensor of the whole logits). One backward per
+    forward: the buffer is scaled in place (no second full-size copy)."""
 
     @staticmethod
     def forward(ctx, flat, index, terms, weights, step, *extras):
-        want_grad = ctx.needs_input_grad[0]
-        grad = torch.zeros_like(flat) if want_grad else None
-        sums = torch.zeros(2, dtype=torch.float32, device=flat.device)
-        for start in range(0, index.numel(), step):
-            part = index[start:start + step]
-            rows = flat.index_select(0, part)  # [n, V]
-            picked = [value.index_select(0, part) for value in extras]
-            if want_grad:
-                with torch.enable_grad():
-                    rows.requires_grad_()
-                    chunk = terms(rows, *picked)
-                    (rows_grad,) = torch.autograd.grad((chunk * weights).sum(), rows)
-                grad.index_copy_(0, part, rows_grad)  # positions are distinct: a copy, not an add
-            else:
-                chunk = terms(rows, *picked)
-            sums += chunk.detach()
+        grad = torch.zeros(flat.shape, dtype=torch.float32, device=flat.device)
+        sums = _chunk_sums(flat, index, terms, weights, step, list(extras), grad)
         ctx.save_for_backward(grad)
+        ctx.dtype, ctx.used = flat.dtype, False
         ctx.mark_non_differentiable(sums)
         return (sums * weights).sum(), sums
 
     @staticmethod
     def backward(ctx, grad_total, grad_sums):
+        if ctx.used:
+            raise RuntimeError("the chunked per-token loss takes one backward per forward (its gradient buffer is scaled in place); "
+                               "compute the loss again for another backward")
+        ctx.used = True
         (grad,) = ctx.saved_tensors
-        return (grad.mul_(grad_total), None, None, None, None) + (None,) * (len(ctx.needs_input_grad) - 5)
+        # Scale first (an fp16 run's loss scale), then cast to the logits' dtype.
+        return (grad.mul_(grad_total).to(ctx.dtype), None, None, None, None) + (None,) * (len(ctx.needs_input_grad) - 5)

@@ -45,7 +45,7 @@ from train.export import export_lm_program, export_program, save_state_dict
 from train.lm_losses import lm_distillation_loss, target_positions
 from train.losses import distillation_loss
 from train.metrics import EpochTable, MetricsLog, evaluate_sources
-from train.state import Position, TrainState, build_state
+from train.state import Position, TrainState, build_state, zero_sums
 from train.stream import Batch, StreamDataset, StreamSource
 from train.students import jitter_images
 from train.world import World
@@ -92,6 +92,8 @@ def _train(cfg: TrainConfig, world: World) -> dict[str, Any]:
     checkpoint = distributed.broadcast(checkpoint, world)
     if checkpoint is not None:  # resuming: weights, optimiser, schedule, RNGs, position
         state.restore(checkpoint)
+        if not world.is_main:  # the checkpoint's sums are already the sum over ranks: count them once, on rank 0
+            state.sums = zero_sums(world.device)
     quiet = cfg.quiet or not world.is_main
     if checkpoint is not None and state.pos.epoch >= cfg.epochs:
         say(f"{out} is already trained ({counted(cfg.epochs, 'epoch')}); writing its outputs again", quiet)
@@ -159,11 +161,11 @@ def _check_health(record: dict[str, Any], cfg: TrainConfig, log: MetricsLog, out
         flags = health.check_epoch(record, last=record["epoch"] == cfg.epochs, cfg=cfg)
     except UserError as stop:
         record["health"] = ["stopped", "diverged"]
-        if not world.is_main:
-            raise
-        log.append(record)  # dropped again (keep_until) when a rerun resumes before this epoch
-        config_doc = json.loads((out / CONFIG).read_text())
-        atomic_write_json(out / CONFIG, {**config_doc, "finished": False, "final": record, "stopped": str(stop)})
+        if world.is_main:
+            log.append(record)  # dropped again (keep_until) when a rerun resumes before this epoch
+            config_doc = json.loads((out / CONFIG).read_text())
+            atomic_write_json(out / CONFIG, {**config_doc, "finished": False, "final": record, "stopped": str(stop)})
+        distributed.barrier(world)  # no rank exits (and so has torchrun stop rank 0) before rank 0 has written
         raise
     if flags:
         record["health"] = flags

@@ -10,7 +10,9 @@ the collector for its start-up and resumes it once the teachers are loaded, afte
 until the process exits anyway).
 
 Only a pause this module started is resumed: a caller that disabled the collector
-itself keeps it disabled.
+itself keeps it disabled. Only the first start-up of a process is paused and frozen:
+a process that runs generate again (tests, a notebook) would otherwise freeze the
+garbage alive at each later start-up for good.
 """
 
 from __future__ import annotations
@@ -18,18 +20,19 @@ from __future__ import annotations
 import gc
 
 _paused = False
+_frozen = False  # once per process: a later pause would freeze whatever garbage is alive then, for good
 
 
 def pause() -> None:
     global _paused
-    if gc.isenabled():
+    if gc.isenabled() and not _frozen:
         gc.disable()
         _paused = True
 
 
 def resume() -> None:
-    global _paused
+    global _paused, _frozen
     if _paused:
-        _paused = False
+        _paused, _frozen = False, True
         gc.freeze()
         gc.enable()

@@ -96,6 +96,10 @@ class GenerateConfig:
                     problems.append(f"{flag} applies to --engine ray, not --engine {self.engine}; add --engine ray or drop {flag}")
         elif self.ray_actors is not None and self.ray_actors <= 0:
             problems.append(f"--ray-actors must be positive, got {self.ray_actors}")
+        if self.engine == "ray" and self.target_kind == "views":
+            # Ray's actors label the rows as read; the views are made on the local engine's reader
+            # (CPU) or in teach (CUDA), and a CPU actor would run the teachers on unexpanded rows.
+            problems.append("--views is not supported with --engine ray yet; use --engine local or --devices")
         return problems
 
     def _specialist_problems(self) -> list[str]:

@@ -76,19 +76,34 @@ def overlapped(job: ShardJob, inputs: Iterator) -> Iterator[pa.RecordBatch]:
     while this thread encodes batch i: a GPU then computes while the host copies, encodes
     and hands rows to the writer, instead of the two taking turns. On CUDA the encoding
     runs on a side stream that waits for batch i's work only, so its copies to the host
-    do not queue behind batch i+1's teachers. One batch ahead bounds device memory to two
-    batches of member logits. The same values as label_batch (the same kernels per batch)."""
-    taught = prefetch((teach(job, *item) for item in inputs), depth=1)
+    do not queue behind batch i+1's teachers. At most two batches are on the device (the
+    one being encoded and the next: a semaphore, since the thread would otherwise start a
+    third while the queue holds the second). The same values as label_batch (the same
+    kernels per batch)."""
+    slots, done = threading.Semaphore(2), threading.Event()
+
+    def taught() -> Iterator:
+        for item in inputs:
+            while not slots.acquire(timeout=0.2):
+                if done.is_set():  # the consumer stopped (an error): end instead of waiting forever
+                    return
+            yield teach(job, *item)
+
     side = torch.cuda.Stream(job.context.device) if job.context.device.type == "cuda" else None
-    for batch in taught:
-        if side is None:
-            yield encode_batch(batch)
-            continue
-        with torch.cuda.stream(side):
-            side.wait_event(batch.ready)
-            rows = encode_batch(batch)
-        side.synchronize()  # every use of batch's device tensors is done before they are freed
-        yield rows
+    try:
+        for batch in prefetch(taught(), depth=1):
+            if side is None:
+                rows = encode_batch(batch)
+            else:
+                with torch.cuda.stream(side):
+                    side.wait_event(batch.ready)
+                    rows = encode_batch(batch)
+                side.synchronize()  # every use of batch's device tensors is done before they are freed
+            del batch
+            slots.release()
+            yield rows
+    finally:
+        done.set()
 
 
 def session(engine: Engine, cfg) -> ContextManager:

@@ -128,7 +128,11 @@ def _teach(job: ShardJob, first_row: int, batch: pa.RecordBatch, x: dict[str, to
         special, special_logits = specialists.run(ctx.cfg, ctx.specialists, inputs)
         for t, logits in zip(ctx.specialists, special_logits):
             _check_finite(_not_finite_rows(logits.unsqueeze(0)), job, first_row, [t])
-    target = combine(member, ctx.cfg.combine, ctx.cfg.temperature, ctx.weights, special)  # (B, C) or (B, L, V) float32
+    try:
+        target = combine(member, ctx.cfg.combine, ctx.cfg.temperature, ctx.weights, special)  # (B, C) or (B, L, V) float32
+    except torch.OutOfMemoryError:
+        raise UserError(f"the device ran out of memory combining a batch of {batch.num_rows} rows; lower --batch-size "
+                        f"(or --max-tokens-per-batch)") from None
     ready = None
     if pin:
         ready = torch.cuda.Event()
