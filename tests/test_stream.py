@@ -10,6 +10,7 @@ import torch
 
 from helpers_transferset import make_transfer_set, write_labelled  # tests/ is on sys.path (conftest.py)
 
+from train import order
 from train.stream import Batch, StreamDataset, StreamSource
 from train.world import World
 from transferset.errors import UserError
@@ -435,3 +436,23 @@ def test_window_by_bytes(tset):
     assert StreamSource.open_transfer_set(tset[0], window_bytes=3 * group - 1).window_row_groups == 2
     assert StreamSource.open_transfer_set(tset[0], window_bytes=1).window_row_groups == 1  # never less than one row group
     assert StreamSource.open_transfer_set(tset[0]).window_row_groups >= 12  # the default budget holds this whole set
+
+
+def test_uint8_inputs_are_kept_as_stored_and_scaled_per_batch_to_the_same_values(tmp_path):
+    """A window holds uint8 pixels as uint8 (a quarter of float32's bytes) and each batch
+    is converted with the InputSpec's own float32 operations: the very values to_tensor gives."""
+    import pyarrow.dataset as pads
+
+    from test_train_cli import build_transfer_set
+
+    directory = build_transfer_set(tmp_path / "ts", rows=57)
+    source = StreamSource.open_transfer_set(directory)
+    assert source.input_spec.scale != 1.0  # the conversion does something
+    kept = source._load(order.epoch_plan([g.rows for g in source._row_groups], 0, 0, 100, False)[0], ())
+    assert kept.inputs.dtype == torch.uint8
+    table = pads.dataset(str(directory), format="parquet", exclude_invalid_files=True).to_table()
+    by_id = {i: k for k, i in enumerate(table.column("id").to_pylist())}
+    for batch in source.epoch(batch_size=16, seed=3, epoch=0, columns_extra=("id",)):
+        rows = table.take([by_id[i] for i in batch.extra["id"]])
+        assert batch.inputs.dtype == torch.float32
+        assert torch.equal(batch.inputs, source.input_spec.to_tensor(rows))

@@ -301,7 +301,12 @@ class StreamSource:
 
     def _assemble(self, parts: list[Rows], extra: tuple, global_rows: int) -> Batch:
         rows = parts[0] if len(parts) == 1 else Rows.concat(parts)
-        inputs = rows.inputs if rows.inputs is not None else self.input_spec.to_tensor(rows.input_table, where="input")
+        if rows.inputs is None:
+            inputs = self.input_spec.to_tensor(rows.input_table, where="input")
+        elif not self.per_token and not rows.inputs.is_floating_point():  # stored integers: float32 per batch (window.py)
+            inputs = self.input_spec.from_stored(rows.inputs)
+        else:
+            inputs = rows.inputs
         return Batch(inputs, rows.labels, rows.targets, {name: extra_value(rows.extra.column(name)) for name in extra}, self.per_token,
                      global_rows)
 

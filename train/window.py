@@ -7,8 +7,9 @@ them; this module does the reading and the conversion. For each window the reade
   opened with `pre_buffer=False`: the default pre-buffering holds about the whole
   file in memory, measurements on these machines);
 * converts each row group once into the window's tensors: inputs with the set's
-  `InputSpec` (the conversion the teachers saw) to float32 [rows, *shape] (token
-  inputs: int64 [rows, 3, L], `pack_tokens`), target
+  `InputSpec` (the conversion the teachers saw) to float32 [rows, *shape], or kept as
+  their stored 8/16-bit integers (a quarter of the bytes for uint8 pixels) and converted
+  per batch by stream.py (token inputs: int64 [rows, 3, L], `pack_tokens`), target
   targets through the set's codec (`codec.decode`, then float32 in `put_targets`), labels int64 [rows] (-1 = none);
 * then gives a batch's rows by `index_select` (`WindowData.take`), which costs what
   indexing tensors already in memory costs.
@@ -91,9 +92,15 @@ def read_window(window: order.Window, extra: tuple, *, row_groups: list[RowGroup
             data.put_targets(rows, codec.decode(table.select(target_columns), provenance, ref.path))
         if spec.transform is None:
             # The InputSpec conversion, once per row group instead of once per batch:
-            # batches then cost an index_select, as for data already in memory.
+            # batches then cost an index_select, as for data already in memory. 8/16-bit
+            # integer inputs (pixels) stay in their stored type, 1/4 of float32's bytes,
+            # and become float32 per batch (stream.py); views sets replay on float32 inputs.
             where = f"{ref.path} row group {ref.index}"
-            data.put_inputs(rows, pack_tokens(spec, table, where) if token_rows else spec.to_tensor(table, where=where))
+            stored = spec.stored_tensor(table, where) if data.views is None and not token_rows else None
+            if stored is not None:
+                data.put_inputs(rows, stored)
+            else:
+                data.put_inputs(rows, pack_tokens(spec, table, where) if token_rows else spec.to_tensor(table, where=where))
         else:
             input_tables.append(table.select(list(spec.columns)))
         if extra:
@@ -144,7 +151,7 @@ class WindowData:
         self.rows = rows
         self.labels = torch.empty(rows, dtype=torch.int64)
         self.targets: dict[str, torch.Tensor] | None = None  # the codec's decoded targets, [rows, ...] each
-        self.inputs: torch.Tensor | None = None  # float32 [rows, *shape] (fixed-size inputs)
+        self.inputs: torch.Tensor | None = None  # float32 [rows, *shape], or the stored 8/16-bit integers (InputSpec.stored_tensor)
         self.input_table: pa.Table | None = None  # input columns, for inputs through a transform
         self.extra_table: pa.Table | None = None
         self.views = None  # train.views.ViewReplay for a views set: take() picks and replays one view per row

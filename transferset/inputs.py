@@ -220,6 +220,24 @@ class InputSpec:
             self._refuse_non_finite(values.reshape(len(fixed), -1), x.reshape(len(fixed), -1), where, first_row)
         return self._scaled(x)
 
+    def stored_tensor(self, batch: pa.RecordBatch | pa.Table, where: str = "input", first_row: int = 0) -> torch.Tensor | None:
+        """The stored values [B, *shape] in their own 8- or 16-bit integer type (uint8 pixels:
+        one byte each, a quarter of float32), for a reader that holds many rows and converts
+        each batch with `from_stored`; None where to_tensor must be used (floats, wider
+        integers, encoded images, tokens, a --transform)."""
+        if self.transform is not None or self.image or self.tokens:
+            return None
+        fixed = self.fixed_column(batch.column(self.columns[0]), where, first_row)
+        if fixed.type.value_type not in (pa.uint8(), pa.int8(), pa.int16()):
+            return None
+        values = fixed.flatten().to_numpy(zero_copy_only=False)
+        return torch.from_numpy(values.reshape(len(fixed), *self.shape).copy())  # Arrow's buffers are read-only
+
+    def from_stored(self, stored: torch.Tensor) -> torch.Tensor:
+        """float32 [B, *shape] from stored_tensor's values: the very operations of to_tensor
+        (an integer -> float32 copy, then _scaled), so the same float32 values."""
+        return self._scaled(stored.numpy().astype(np.float32))
+
     def _scaled(self, x: np.ndarray) -> torch.Tensor:
         """x * scale, then (x - mean) / std per channel, in place on float32 [B, *shape]."""
         if self.scale != 1.0:
