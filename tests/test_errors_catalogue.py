@@ -281,8 +281,13 @@ def make_fixtures(root: Path) -> dict[str, Path]:
     (f["set_missing_shard"] / "part-00001.parquet").unlink()
     f["set_flipped"] = _copy(f["set"], root / "set_flipped")
     shard = f["set_flipped"] / "part-00000.parquet"
+    # A byte inside the largest column chunk's page data (past its page header): a checksum
+    # mismatch on read, whatever the encodings make of the file's layout (len // 3 could land
+    # in a page header, which reads as "cannot be read as Parquet" instead).
+    meta = pq.ParquetFile(shard).metadata.row_group(0)
+    chunk = max((meta.column(i) for i in range(meta.num_columns)), key=lambda c: c.total_compressed_size)
     data = bytearray(shard.read_bytes())
-    data[len(data) // 3] ^= 0xFF
+    data[chunk.data_page_offset + chunk.total_compressed_size // 2] ^= 0xFF
     shard.write_bytes(bytes(data))
     f["set_mixed"] = _mixed_versions(_copy(f["set"], root / "set_mixed"))
     f["set_truncated"] = _copy(f["set"], root / "set_truncated")
