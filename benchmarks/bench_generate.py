@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -36,18 +34,9 @@ sys.path[:0] = [str(ROOT), str(HERE)]
 
 import bench_models  # noqa: E402
 import cli  # noqa: E402
+from bench_common import median_time, mnist_source  # noqa: E402
 from transferset.format.schema import parquet_options, provenance_of  # noqa: E402
 
-MNIST = ROOT.parent / "shared" / "datasets" / "mnist"
-
-
-def median_time(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -64,9 +53,7 @@ def main() -> None:
 
 
 def run(args, work: Path) -> None:
-    source = work / "mnist-train.parquet"
-    cli.main(["convert", "--images", str(MNIST / "train-images-idx3-ubyte.gz"), "--labels", str(MNIST / "train-labels-idx1-ubyte.gz"),
-              "--rows", f"0:{args.rows}", "--out", str(source), "--quiet"])
+    source = mnist_source(work, args.rows)
     table = pq.read_table(source)
     n = table.num_rows
     pixels = table["pixels"].combine_chunks().flatten().to_numpy().reshape(n, 784)
@@ -103,7 +90,7 @@ def run(args, work: Path) -> None:
 
     # -- 2. write path: trivial teacher vs pyarrow writing the same arrays ---------------
     t_write = median_time(generate(["trivial"], work / "ts-trivial"), args.repeat)
-    written = pq.read_table(work / "ts-trivial")
+    written = pq.read_table(sorted((work / "ts-trivial").glob("part-*.parquet")))  # the shards, not the card beside them
     ids, labels, logits = written["id"], written["label"], written["logits"]
     schema = written.schema
 

@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -35,20 +33,10 @@ ROOT = HERE.parent
 sys.path[:0] = [str(ROOT), str(HERE)]
 
 import cli  # noqa: E402
+from bench_common import PIXELS, median_time, mnist_source  # noqa: E402
 from transferset.format.manifest import read_manifest  # noqa: E402
 from transferset.format.schema import parquet_options, provenance_of  # noqa: E402
 
-MNIST = ROOT.parent / "shared" / "datasets" / "mnist"
-PIXELS = ["--input-column", "pixels", "--input-shape", "1,28,28", "--input-scale", "1/255"]
-
-
-def median_time(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
 
 
 def run_cli(*argv) -> None:
@@ -76,9 +64,7 @@ def main() -> None:
 
 
 def run(args, work: Path) -> None:
-    source = work / "mnist-train.parquet"
-    run_cli("convert", "--images", MNIST / "train-images-idx3-ubyte.gz", "--labels", MNIST / "train-labels-idx1-ubyte.gz",
-            "--rows", f"0:{args.rows}", "--out", source)
+    source = mnist_source(work, args.rows)
     common = ["--source", source, *PIXELS]
     members = ["--teacher", "bench_models:mlp1200_a", "--teacher", "bench_models:mlp1200_b", "--teacher", "bench_models:mlp1200_c"]
     kept = work / "kept"

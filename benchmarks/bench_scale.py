@@ -42,19 +42,10 @@ ROOT = HERE.parent
 sys.path[:0] = [str(ROOT), str(HERE)]
 
 import cli  # noqa: E402
+from bench_common import PIXELS, median_time, mnist_source  # noqa: E402
 from transferset.format.manifest import read_manifest  # noqa: E402
 
-MNIST = ROOT.parent / "shared" / "datasets" / "mnist"
 TEACHERS = ["mlp1200_a", "mlp1200_b", "mlp1200_c"]
-
-
-def median_time(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -78,11 +69,9 @@ def run(args, work: Path) -> None:
 
     from transferset.generate.ray_cluster import worker_env
 
-    source = work / "mnist-train.parquet"
-    cli.main(["convert", "--images", str(MNIST / "train-images-idx3-ubyte.gz"), "--labels", str(MNIST / "train-labels-idx1-ubyte.gz"),
-              "--rows", f"0:{args.rows}", "--out", str(source), "--quiet"])
+    source = mnist_source(work, args.rows)
     common = ["generate", *[a for t in TEACHERS for a in ("--teacher", f"bench_models:{t}")], "--source", str(source),
-              "--input-column", "pixels", "--input-shape", "1,28,28", "--input-scale", "1/255", "--batch-size", str(args.batch_size),
+              *PIXELS, "--batch-size", str(args.batch_size),
               "--shard-rows", str(args.shard_rows), "--combine", "geometric", "-T", "4", "--quiet"]
 
     def generate(out: Path, *extra: str):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sys
 import time
 from pathlib import Path
 
@@ -24,37 +23,13 @@ from conftest import run_torchrun
 from test_train_cli import build_transfer_set
 from train import checkpoint as ckpt
 
-ARGS = ["--student", "ddp_students:student", "--student-arg", "hidden=24", "--alpha", "0.7", "--lr", "0.2",
+ARGS = ["--student", "slow_students:student", "--student-arg", "hidden=24", "--alpha", "0.7", "--lr", "0.2",
         "--epochs", "2", "--batch-size", "8", "--seed", "5", "--checkpoint-every", "5", "--keep-checkpoints", "100",
         "--device", "cpu", "--quiet"]
 
 
-# An MLP that sleeps in training steps when DDP_STUDENT_DELAY is set, so that a test can
-# kill a rank mid-run (an environment variable: the config, and so the fingerprint, stay
-# those of the fast runs).
-STUDENTS = """
-import os, time
-import torch
-from train.students import mlp
-
-class Slow(torch.nn.Module):
-    def __init__(self, inner):
-        super().__init__()
-        self.inner = inner
-        self.delay = float(os.environ.get("DDP_STUDENT_DELAY", "0"))
-
-    def forward(self, x):
-        if self.training and self.delay:
-            time.sleep(self.delay)
-        return self.inner(x)
-
-def student(num_classes, input_shape, **kwargs):
-    return Slow(mlp(num_classes, input_shape, **kwargs))
-"""
-
-
-def torchrun(*args, root: Path, env_extra: dict | None = None, wait: bool = True):
-    return run_torchrun(*args, paths=[root], env_extra=env_extra, wait=wait)
+def torchrun(*args, env_extra: dict | None = None, wait: bool = True):
+    return run_torchrun(*args, env_extra=env_extra, wait=wait)
 
 
 def weights(run: Path) -> dict[str, torch.Tensor]:
@@ -81,18 +56,15 @@ def runs(tmp_path_factory):
     """The single-process reference run (in this process: cheap; each xdist worker
     that runs a test of this module builds its own)."""
     root = tmp_path_factory.mktemp("ddp")
-    (root / "ddp_students.py").write_text(STUDENTS)
-    sys.path.insert(0, str(root))
     transfer = build_transfer_set(root / "ts", rows=157)
     single = root / "single"
     assert cli.main(["train", "--transfer", str(transfer), *ARGS, "--out", str(single)]) == 0
-    yield {"root": root, "transfer": transfer, "single": single}
-    sys.path.remove(str(root))
+    return {"root": root, "transfer": transfer, "single": single}
 
 
 def test_two_processes_train_the_single_process_student_and_resume_on_one(runs):
     double = runs["root"] / "double"
-    proc = torchrun("train", "--transfer", runs["transfer"], *ARGS, "--out", double, root=runs["root"])
+    proc = torchrun("train", "--transfer", runs["transfer"], *ARGS, "--out", double)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert_close_runs(double, runs["single"])
     # Only rank 0 wrote: one metrics line per epoch, the same checkpoints as one process.
@@ -112,7 +84,7 @@ def test_two_processes_train_the_single_process_student_and_resume_on_one(runs):
 def test_a_checkpoint_of_one_process_resumes_on_two(runs):
     checkpoint = ckpt.checkpoint_path(runs["single"] / "checkpoints", 15)  # mid epoch 0
     out = runs["root"] / "one-to-two"
-    proc = torchrun("train", "--transfer", runs["transfer"], *ARGS, "--resume", checkpoint, "--out", out, root=runs["root"])
+    proc = torchrun("train", "--transfer", runs["transfer"], *ARGS, "--resume", checkpoint, "--out", out)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert_close_runs(out, runs["single"])
     assert_same_metrics(out, runs["single"])  # the checkpoint's epoch sums counted once, not once per rank
@@ -124,7 +96,7 @@ def test_a_rank_that_dies_stops_the_job_naming_it_and_the_rerun_resumes(runs):
     names rank 1; the same command again resumes and ends with the reference weights."""
     out = runs["root"] / "killed"
     command = ["train", "--transfer", runs["transfer"], *ARGS, "--out", out]
-    proc = torchrun(*command, root=runs["root"], env_extra={"DDP_STUDENT_DELAY": "0.05"}, wait=False)
+    proc = torchrun(*command, env_extra={"SLOW_STUDENT_DELAY": "0.05"}, wait=False)
     target = out / "checkpoints" / "step-00000005.pt"
     deadline = time.monotonic() + 120
     while not target.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -136,7 +108,7 @@ def test_a_rank_that_dies_stops_the_job_naming_it_and_the_rerun_resumes(runs):
     assert proc.returncode != 0
     assert "rank: 1" in stderr or "rank 1" in stderr, stderr[-2000:]
     assert not (out / "student.pt").exists()
-    rerun = torchrun(*command, root=runs["root"])
+    rerun = torchrun(*command)
     assert rerun.returncode == 0, rerun.stderr[:6000]
     assert_close_runs(out, runs["single"])
     assert_same_metrics(out, runs["single"])

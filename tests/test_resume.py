@@ -14,7 +14,6 @@ import random
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -35,35 +34,6 @@ TIMING = ("seconds", "rows_per_s")
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("resume")
-    (root / "slow_students.py").write_text(
-        textwrap.dedent(
-            """
-            import os
-            import time
-            import torch
-            from train.students import mlp
-
-            class Slow(torch.nn.Module):
-                '''An MLP that sleeps in training steps when SLOW_STUDENT_DELAY is set, so a
-                test can kill a run mid-epoch (an env var: the config, and so the
-                fingerprint, stays the same as the fast runs').'''
-
-                def __init__(self, inner):
-                    super().__init__()
-                    self.inner = inner
-                    self.delay = float(os.environ.get("SLOW_STUDENT_DELAY", "0"))
-
-                def forward(self, x):
-                    if self.training and self.delay:
-                        time.sleep(self.delay)
-                    return self.inner(x)
-
-            def student(num_classes, input_shape, **kwargs):
-                return Slow(mlp(num_classes, input_shape, **kwargs))
-            """
-        )
-    )
-    sys.path.insert(0, str(root))
     transfer = build_transfer_set(root / "ts", rows=157)
     args = [
         "train", "--transfer", str(transfer), "--student", "slow_students:student",
@@ -75,7 +45,6 @@ def setup(tmp_path_factory):
     assert cli.main([*args, "--out", str(reference)]) == 0
     assert cli.main([*args, "--keep-checkpoints", "100", "--out", str(full)]) == 0  # every checkpoint kept
     yield {"root": root, "args": args, "reference": reference, "full": full}
-    sys.path.remove(str(root))
 
 
 def _state(run: Path) -> dict[str, torch.Tensor]:
@@ -94,8 +63,8 @@ def _assert_same_run(run: Path, reference: Path) -> None:
 
 
 def test_sigkill_mid_run_then_rerun_is_bit_identical(setup):
-    root, out = setup["root"], setup["root"] / "killed"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(TESTS), str(root)]), SLOW_STUDENT_DELAY="0.02")
+    out = setup["root"] / "killed"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(TESTS)]), SLOW_STUDENT_DELAY="0.02")
     proc = subprocess.Popen([sys.executable, "-m", "cli", *setup["args"], "--keep-checkpoints", "100", "--out", str(out)],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     target = out / "checkpoints" / "step-00000014.pt"  # mid epoch 1 (batch 14 of 20)

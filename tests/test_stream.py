@@ -11,7 +11,8 @@ import torch
 from helpers_transferset import make_transfer_set, write_labelled  # tests/ is on sys.path (conftest.py)
 
 from train import order
-from train.stream import Batch, StreamDataset, StreamSource
+from train.batch import Batch
+from train.stream import StreamDataset, StreamSource
 from train.world import World
 from transferset.errors import UserError
 from transferset.inputs import InputSpec
