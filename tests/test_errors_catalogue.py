@@ -247,6 +247,14 @@ def make_fixtures(root: Path) -> dict[str, Path]:
     # transfer sets: arithmetic over labelled rows (2 shards), geometric over unlabelled rows
     f["set"] = root / "set"
     _main(["generate", *TEACHER, "--source", f["lab"], *PIXELS, "--combine", "arithmetic", "-T", "2", "--shard-rows", "20", "--out", f["set"]])
+    # sets with their inputs by reference (generate --inputs reference), each with its own copy of the source
+    for name in ("ref_missing", "ref_changed"):
+        (root / name).mkdir()
+        shutil.copy(f["lab"], root / name / "lab.parquet")
+        f[f"set_{name}"] = root / f"set_{name}"
+        _main(["generate", *TEACHER, "--source", root / name / "lab.parquet", *PIXELS, "--inputs", "reference", "--out", f[f"set_{name}"]])
+    (root / "ref_missing" / "lab.parquet").unlink()
+    pq.write_table(pq.read_table(root / "ref_changed" / "lab.parquet").slice(0, 20), root / "ref_changed" / "lab.parquet")
     f["set_unl"] = root / "set_unl"
     _main(["generate", *TEACHER, "--source", f["unl"], *PIXELS, "--out", f["set_unl"]])
     f["set_7_classes"] = root / "set_7_classes"
@@ -673,6 +681,8 @@ def cases(f: dict[str, Path], o: Path) -> dict[str, list]:
         "inspect-truncated-shard": ["inspect", f["set_truncated"]],
         "inspect-damaged-page": ["inspect", f["set_damaged_page"]],
         # verify
+        "verify-reference-source-missing": ["verify", f["set_ref_missing"]],
+        "verify-reference-source-changed": ["verify", f["set_ref_changed"]],
         "verify-missing": ["verify", o.parent / "no-such-set"],
         "verify-empty-dir": ["verify", f["empty_dir"]],
         "verify-not-a-set": ["verify", f["not_a_set"]],
@@ -712,6 +722,10 @@ def cases(f: dict[str, Path], o: Path) -> dict[str, list]:
         "train-data-without-shape": ["train", "--data", f["lab"], *out],
         "train-input-flags-with-transfer": [*transfer, "--input-shape", "1,8,8", *out],
         "train-transfer-empty-dir": ["train", "--transfer", f["empty_dir"], *out],
+        "train-reference-source-missing": ["train", "--transfer", f["set_ref_missing"], "--epochs", "1", *out],
+        "train-reference-source-changed": ["train", "--transfer", f["set_ref_changed"], "--epochs", "1", *out],
+        "train-reference-source-changed-no-verify": ["train", "--transfer", f["set_ref_changed"], "--no-verify", "--epochs", "1", *out],
+        "train-reference-source-root-wrong": ["train", "--transfer", f["set_ref_missing"], "--source-root", f["empty_dir"], "--epochs", "1", *out],
         "train-transfer-not-a-set": ["train", "--transfer", f["not_a_set"], *out],
         "train-transfer-is-parquet": ["train", "--transfer", f["lab"], *out],
         "train-transfer-manifest-not-json": ["train", "--transfer", f["set_bad_json"], *out],

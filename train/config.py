@@ -33,6 +33,7 @@ DEFAULT_WARMUP_FRACTION = 0.05
 NOT_FINGERPRINTED = (
     "out", "device", "eval", "eval_label_column", "eval_batch_size",
     "checkpoint_every", "keep_checkpoints", "resume", "overwrite", "trust_checkpoint", "verify", "quiet", "json",
+    "source_root",  # where the sources of a reference set are; their content is checked by sha256
 )
 
 
@@ -101,6 +102,8 @@ class TrainConfig:
     """None, "latest", or a checkpoint path"""
     overwrite: bool = False
     verify: bool = True
+    source_root: str | None = None
+    """a reference set's sources (`generate --inputs reference`) are looked for here first"""
     """check the transfer set's shard checksums against its manifest before training"""
     trust_checkpoint: bool = False
     """allow a --resume checkpoint that needs full unpickling (runs code from the file)"""

@@ -95,7 +95,8 @@ def open_training_data(cfg: TrainConfig, world: World) -> TrainingData:
             length, step = source.input_spec.size, source.input_spec.size * world.world_size
             raise UserError(f"--tokens-per-batch {cfg.tokens_per_batch} gives a global batch of {cfg.batch_size} rows of {length} tokens, "
                             f"not divisible by the {world.world_size} processes; use a multiple of {step} tokens")
-    eval_sources = {path: open_eval_data(path, source.input_spec, cfg.eval_label_column, source.num_classes, per_token=per_token)
+    eval_sources = {path: open_eval_data(path, source.input_spec, cfg.eval_label_column, source.num_classes, per_token=per_token,
+                                         source_root=cfg.source_root, check_sources=cfg.verify)
                     for path in cfg.eval}
     steps_per_epoch = source.num_batches(cfg.batch_size, world)
     total_steps = cfg.epochs * steps_per_epoch
@@ -117,12 +118,13 @@ def open_training_data(cfg: TrainConfig, world: World) -> TrainingData:
 
 
 def open_eval_data(path: str, input_spec: InputSpec, label_column: str, num_classes: int, what: str = "--eval",
-                   per_token: bool = False) -> StreamSource:
+                   per_token: bool = False, source_root: str | None = None, check_sources: bool = True) -> StreamSource:
     """A transfer-set directory (labels + teacher agreement) or labelled Parquet;
     `what` names the flag `path` came from in errors. A per-token run reads a
-    per-token set (teacher agreement) or a token source (`convert --text`)."""
+    per-token set (teacher agreement) or a token source (`convert --text`).
+    `source_root`, `check_sources`: for a set with its inputs by reference (StreamSource)."""
     if Path(path).is_dir() and (Path(path) / MANIFEST).exists():
-        source = StreamSource.open_transfer_set(path)
+        source = StreamSource.open_transfer_set(path, source_root=source_root, check_sources=check_sources)
         if source.per_token != per_token:
             have, want = ("per-token", "class") if source.per_token else ("class", "per-token")
             raise UserError(f"{what} {path} holds {have} targets but the student was trained on {want} targets; evaluate on data of its kind")
@@ -157,7 +159,7 @@ def _open_source(cfg: TrainConfig) -> StreamSource:
     if cfg.transfer is not None:
         if cfg.verify:
             _verify_transfer_set(cfg.transfer)
-        return StreamSource.open_transfer_set(cfg.transfer)
+        return StreamSource.open_transfer_set(cfg.transfer, source_root=cfg.source_root, check_sources=cfg.verify)
     spec = InputSpec.from_dict(cfg.input)
     return StreamSource.open_labelled(list(cfg.data), spec, cfg.label_column, cfg.num_classes, what="--data")
 

@@ -34,6 +34,7 @@ from transferset.errors import UserError
 from transferset.format.codecs import TargetCodec, get_codec, sequence_length
 from transferset.format.manifest import read_manifest
 from transferset.format.provenance import Provenance
+from transferset.format.references import SOURCE_ROW, by_reference, locate_sources
 from transferset.format.schema import LABEL
 from transferset.format.shards import mixed_shards_message, shard_mismatch
 from transferset.inputs import InputSpec
@@ -71,6 +72,7 @@ class StreamSource:
         self._label_column = label_column
         self._columns = columns  # the columns every file has (for columns_extra)
         self._kept: tuple | None = None  # (key, WindowData) of a set that fits in one window
+        self._references: dict[str, str] | None = None  # `--inputs reference` sets: {recorded source path: file}
         # Row groups per window, sized by the largest row group so that no window exceeds the budget.
         if window_rows is not None:
             self._window = max(1, window_rows // max(g.rows for g in self._row_groups))
@@ -103,12 +105,20 @@ class StreamSource:
     # -- opening ------------------------------------------------------------
 
     @classmethod
-    def open_transfer_set(cls, directory, *, window_rows: int | None = None, window_bytes: int = DEFAULT_WINDOW_BYTES) -> "StreamSource":
-        """`window_rows`, when given, sizes the shuffle window in rows instead of bytes."""
+    def open_transfer_set(cls, directory, *, window_rows: int | None = None, window_bytes: int = DEFAULT_WINDOW_BYTES,
+                          source_root: str | None = None, check_sources: bool = True) -> "StreamSource":
+        """`window_rows`, when given, sizes the shuffle window in rows instead of bytes. A set
+        with its inputs by reference finds its sources (`source_root` first) and checks them:
+        sha256, or with `check_sources` False (train --no-verify) their row counts."""
         manifest = read_manifest(directory)
         provenance = manifest.provenance
         spec = InputSpec.from_dict(provenance.input)
         codec = get_codec(provenance.target_kind, str(directory))
+        references = None
+        if by_reference(provenance):
+            references = locate_sources(provenance, f"transfer set {directory}", source_root, check_sources)
+            for path in references.values():
+                spec.check_field(open_parquet(path).schema_arrow, f"source {path}")
         num_classes = manifest.num_classes
         row_groups, columns = [], None
         for record, path in zip(manifest.shards, manifest.shard_paths()):
@@ -122,13 +132,18 @@ class StreamSource:
             codec.check_schema(arrow_schema, provenance, str(path))
             if LABEL not in arrow_schema.names:
                 raise UserError(f"{path} has no {LABEL!r} column; the transfer set is damaged, regenerate it")
-            spec.check_field(arrow_schema, str(path))
+            if references is None:
+                spec.check_field(arrow_schema, str(path))
+            elif SOURCE_ROW not in arrow_schema.names:
+                raise UserError(f"{path} has no {SOURCE_ROW!r} column, but its set takes its inputs by reference; the transfer set is damaged, regenerate it")
             columns = set(arrow_schema.names) if columns is None else columns & set(arrow_schema.names)
             row_groups += [RowGroup(str(path), i, pf.metadata.row_group(i).num_rows, pf.metadata.row_group(i).total_byte_size)
                            for i in range(pf.num_row_groups)]
-        return cls(row_groups=row_groups, input_spec=spec, label_column=LABEL, num_classes=num_classes,
-                   num_labelled=sum(s.labelled_rows for s in manifest.shards), provenance=provenance, columns=frozenset(columns),
-                   window_rows=window_rows, window_bytes=window_bytes, per_token=sequence_length(provenance) is not None)
+        source = cls(row_groups=row_groups, input_spec=spec, label_column=LABEL, num_classes=num_classes,
+                     num_labelled=sum(s.labelled_rows for s in manifest.shards), provenance=provenance, columns=frozenset(columns),
+                     window_rows=window_rows, window_bytes=window_bytes, per_token=sequence_length(provenance) is not None)
+        source._references = references
+        return source
 
     @classmethod
     def open_labelled(cls, paths: list[str], input_spec: InputSpec, label_column: str, num_classes: int | None = None,
@@ -243,7 +258,8 @@ class StreamSource:
     def _load(self, window: order.Window, extra: tuple) -> WindowData:
         """One window's data as tensors (window.py), read with this source's columns."""
         return read_window(window, extra, row_groups=self._row_groups, input_spec=self.input_spec, label_column=self._label_column,
-                           codec=self.codec, provenance=self.provenance, num_classes=self.num_classes, token_rows=self.per_token)
+                           codec=self.codec, provenance=self.provenance, num_classes=self.num_classes, token_rows=self.per_token,
+                           references=self._references)
 
     def _assemble(self, parts: list[Rows], extra: tuple, global_rows: int) -> Batch:
         rows = parts[0] if len(parts) == 1 else Rows.concat(parts)

@@ -28,6 +28,8 @@ import torch
 
 from train import order
 from transferset.errors import UserError, first_line
+from transferset.format.references import SOURCE_ROW, SourceJoin
+from transferset.format.schema import SOURCE
 from transferset.inputs import InputSpec
 from transferset.labels import LabelStats, check_label_range
 from transferset.progress import counted
@@ -57,14 +59,19 @@ def open_parquet(path: str) -> pq.ParquetFile:
 
 
 def read_window(window: order.Window, extra: tuple, *, row_groups: list[RowGroup], input_spec: InputSpec, label_column: str,
-                codec: "TargetCodec | None", provenance: "Provenance | None", num_classes: int, token_rows: bool = False) -> "WindowData":
+                codec: "TargetCodec | None", provenance: "Provenance | None", num_classes: int, token_rows: bool = False,
+                references: dict[str, str] | None = None) -> "WindowData":
     """Read a window's row groups (indices into `row_groups`) one at a time and convert
     each straight into the window's tensors (peak: the window plus one row group in
     Arrow form). `codec` None: plain labelled data, no targets. `token_rows`: inputs as
-    `pack_tokens` (for a causal-LM student); `label_column` None: no labels (-1)."""
+    `pack_tokens` (for a causal-LM student); `label_column` None: no labels (-1).
+    `references`: a set made with `--inputs reference` ({recorded source path: file}):
+    each row group's inputs are read from its source rows (format/references.py)."""
     spec = input_spec
     target_columns = codec.decode_columns(provenance) if codec else []
-    names = list(dict.fromkeys([*spec.columns, *([label_column] if label_column else []), *target_columns, *extra]))
+    join = SourceJoin(references, list(spec.columns)) if references is not None else None
+    input_names = [SOURCE, SOURCE_ROW] if join else list(spec.columns)
+    names = list(dict.fromkeys([*input_names, *([label_column] if label_column else []), *target_columns, *extra]))
     data = WindowData(window.rows)
     if codec is not None and codec.kind == "views":  # one stored view per row and epoch (train/views.py)
         from train.views import ViewReplay
@@ -82,6 +89,7 @@ def read_window(window: order.Window, extra: tuple, *, row_groups: list[RowGroup
         if table.num_rows != ref.rows:
             raise UserError(f"{ref.path}: row group {ref.index} has {counted(table.num_rows, 'row')}, its footer says {ref.rows:,}; the file is damaged: restore or regenerate it")
         rows = slice(offset, offset + ref.rows)
+        inputs = join.inputs(table, f"{ref.path} row group {ref.index}") if join else table
         # Written through NumPy views: Arrow's buffers are read-only, and the assignment
         # is the one copy (and the one float16 -> float32 conversion) these columns get.
         if label_column is None:  # a token source without labels (eval --data of a per-token run)
@@ -96,17 +104,17 @@ def read_window(window: order.Window, extra: tuple, *, row_groups: list[RowGroup
             # integer inputs (pixels) stay in their stored type, 1/4 of float32's bytes,
             # and become float32 per batch (stream.py); views sets replay on float32 inputs.
             where = f"{ref.path} row group {ref.index}"
-            stored = spec.stored_tensor(table, where) if data.views is None and not token_rows else None
+            stored = spec.stored_tensor(inputs, where) if data.views is None and not token_rows else None
             if stored is not None:
                 data.put_inputs(rows, stored)
             else:
-                data.put_inputs(rows, pack_tokens(spec, table, where) if token_rows else spec.to_tensor(table, where=where))
+                data.put_inputs(rows, pack_tokens(spec, inputs, where) if token_rows else spec.to_tensor(inputs, where=where))
         else:
-            input_tables.append(table.select(list(spec.columns)))
+            input_tables.append(inputs.select(list(spec.columns)))
         if extra:
             extra_tables.append(table.select(list(extra)))
         offset += ref.rows
-        del table
+        del table, inputs
     if input_tables:
         data.input_table = pa.concat_tables(input_tables).combine_chunks()
     if extra_tables:

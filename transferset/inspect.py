@@ -38,7 +38,7 @@ def check_shards_intact(manifest: Manifest) -> None:
             )
 
 
-def summarize(directory: str) -> dict[str, Any]:
+def summarize(directory: str, source_root: str | None = None) -> dict[str, Any]:
     import polars as pl
 
     manifest = read_manifest(directory)
@@ -47,7 +47,7 @@ def summarize(directory: str) -> dict[str, Any]:
     if sequence_length(manifest.provenance) is not None:  # per-token targets: their own streamed summary
         from transferset.inspect_tokens import summarize_tokens
 
-        return summarize_tokens(manifest, str(directory))
+        return summarize_tokens(manifest, str(directory), source_root)
     prov = manifest.provenance
     files = [str(p) for p in manifest.shard_paths()]
     frame = pl.scan_parquet(files)
@@ -111,6 +111,7 @@ def summarize(directory: str) -> dict[str, Any]:
         "target_kind": prov.target_kind,
         "target_options": prov.target_options,
         "target_bytes_per_row": get_codec(prov.target_kind).bytes_per_row(prov),
+        "inputs": prov.inputs or "copy",  # "reference": the shards hold source_row, the sources the inputs
         "teachers": teachers,
         "teacher_logits_kept": kept,
         "ensemble_accuracy": totals["ensemble_accuracy"],

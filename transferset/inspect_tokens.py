@@ -29,6 +29,8 @@ import pyarrow.parquet as pq
 from transferset.errors import UserError, first_line
 from transferset.format.codecs import get_codec, sequence_length
 from transferset.format.manifest import Manifest
+from transferset.format.references import SOURCE_ROW, SourceJoin, by_reference, locate_sources
+from transferset.format.schema import SOURCE
 
 BATCH_VALUES = 1 << 24  # decoded target values per record batch (64 MB of float32)
 COLUMNS = ("input_ids", "attention_mask", "target_mask")
@@ -54,12 +56,14 @@ def _sums(decoded: dict[str, np.ndarray], ids: np.ndarray, mask: np.ndarray, tem
             "agree": float((top1 == following).sum())}
 
 
-def summarize_tokens(manifest: Manifest, directory: str) -> dict[str, Any]:
-    """The per-token summary (shards already checked against the manifest by the caller)."""
+def summarize_tokens(manifest: Manifest, directory: str, source_root: str | None = None) -> dict[str, Any]:
+    """The per-token summary (shards already checked against the manifest by the caller). A set
+    with its inputs by reference reads its tokens from its sources (format/references.py)."""
     prov = manifest.provenance
     codec = get_codec(prov.target_kind)
     length, vocab = sequence_length(prov), manifest.num_classes
-    columns = list(dict.fromkeys([*COLUMNS, *codec.decode_columns(prov)]))
+    join = SourceJoin(locate_sources(prov, f"transfer set {directory}", source_root), list(COLUMNS)) if by_reference(prov) else None
+    columns = list(dict.fromkeys([*((SOURCE, SOURCE_ROW) if join else COLUMNS), *codec.decode_columns(prov)]))
     options = prov.target_options or {}
     per_row = length * max(int(options.get("k", options.get("n", vocab))), 1)  # decoded values per row (dense: V per position)
     totals = {"rows": 0, "tokens": 0, "positions": 0, "entropy": 0.0, "tail": 0.0, "agree": 0.0}
@@ -67,6 +71,9 @@ def summarize_tokens(manifest: Manifest, directory: str) -> dict[str, Any]:
         try:
             for batch in pq.ParquetFile(path).iter_batches(batch_size=max(1, BATCH_VALUES // per_row), columns=columns):
                 table = pa.Table.from_batches([batch])
+                if join is not None:
+                    for name, column in zip(COLUMNS, join.inputs(table, str(path)).columns):
+                        table = table.append_column(name, column)
                 ids = np.stack(table.column("input_ids").to_numpy(zero_copy_only=False)).astype(np.int64).reshape(-1, length)
                 attention = np.stack(table.column("attention_mask").to_numpy(zero_copy_only=False)).reshape(-1, length)
                 mask = np.stack(table.column("target_mask").to_numpy(zero_copy_only=False)).reshape(-1, length) != 0

@@ -37,13 +37,15 @@ class SourceFile:
     row_group_rows: tuple[int, ...]
     has_label: bool
 
-    def describe(self, labelled_rows: int) -> dict:
+    def describe(self, labelled_rows: int, resolved: bool = False) -> dict:
+        """`resolved`: also the absolute path, where a set that joins its inputs from here looks last."""
         return {
             "path": self.path,
             "fingerprint": self.fingerprint,
             "rows": self.rows,
             "labelled_rows": labelled_rows,
             "labelled": labelled_rows > 0,
+            **({"resolved": str(Path(self.path).resolve())} if resolved else {}),
         }
 
 

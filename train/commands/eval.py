@@ -25,6 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="add VALUE to class CLASS's logit (index or class name) before measuring (repeatable), e.g. 3=3.5")
     p.add_argument("--batch-size", type=int, default=1024, metavar="B", help="rows per batch (default: 1024)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    p.add_argument("--source-root", metavar="DIR", help="a set made with `generate --inputs reference`: a folder holding its source files, if they moved (default: where generate read them)")
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON object on stdout")
 
 
@@ -90,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     model.to(device)
 
     source = open_eval_data(args.data, InputSpec.from_dict(input_dict), args.label_column or label_column, num_classes, what="--data",
-                            per_token=per_token)
+                            per_token=per_token, source_root=args.source_root)
     batches = source.epoch(batch_size=args.batch_size, seed=0, epoch=0, shuffle=False)
     metrics = evaluate(model, batches, num_classes=num_classes, device=device, class_bias=bias, where=args.data)
     result = {

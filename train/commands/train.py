@@ -21,6 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--transfer", metavar="DIR", help="transfer-set directory made by `transferset generate`")
     g.add_argument("--no-verify", dest="verify", action="store_false",
                    help="skip the shard checksum check before training (it reads the set once, ~1 GB/s)")
+    g.add_argument("--source-root", metavar="DIR", help="a set made with `generate --inputs reference`: a folder holding its source files, if they moved (default: where generate read them)")
     g.add_argument("--data", action="append", metavar="PATH", help="labelled Parquet file, directory or glob: hard labels only (repeatable)")
     add_input_flags(g, prefix="with --data: ")
     g.add_argument("--label-column", default="label", metavar="NAME", help="with --data: integer label column (default: label)")
@@ -143,6 +144,7 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         trust_checkpoint=args.trust_checkpoint,
         verify=args.verify,
+        source_root=args.source_root,
         quiet=args.quiet,
         json=args.json,
     )

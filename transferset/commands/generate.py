@@ -102,6 +102,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="for a token source: rows per teacher batch by token budget, N // (tokens per row)")
     g.add_argument("--shard-rows", type=int, default=131072, help="rows per Parquet shard (default: 131072)")
     g.add_argument("--row-group-rows", type=int, default=32768, help="rows per Parquet row group (default: 32768)")
+    g.add_argument("--inputs", default="copy", choices=("copy", "reference"),
+                   help="copy: the set holds a copy of every input (default; self-contained); reference: each row names "
+                        "its source row instead, and readers join the source (which must not change; docs/format.md)")
     g.add_argument("--engine", default="local",
                    help="who runs the shard jobs: local (this process; default) or ray (Ray Data; pip install 'transferset[ray]')")
     g.add_argument("--ray-address", metavar="auto|HOST:PORT",
@@ -216,6 +219,7 @@ def _run(args: argparse.Namespace) -> int:
         batch_size=_batch_rows(args, spec),
         shard_rows=args.shard_rows,
         row_group_rows=args.row_group_rows,
+        inputs=args.inputs,
         device=args.device or "auto",
         precision=args.precision,
         writer_index=0 if args.writer_index is None else args.writer_index,

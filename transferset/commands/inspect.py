@@ -11,6 +11,8 @@ HELP = "summarise a transfer set: rows, classes, teachers, accuracy, entropy, ag
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("directory", help="transfer-set directory")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    p.add_argument("--source-root", metavar="DIR",
+                   help="a per-token set made with `generate --inputs reference`: a folder holding its source files, if they moved")
 
 
 def _pct(x) -> str:
@@ -42,7 +44,8 @@ def tables(s: dict) -> list[tuple[str, list[str] | None, list[list[str]]]]:
         ["rows", f"{s['rows']:,} ({s['labelled_rows']:,} labelled, {s['unlabelled_rows']:,} unlabelled)"],
         ["classes", f"{s['num_classes']}" + (f": {', '.join(s['class_names'])}" if s["class_names"] else "")],
         ["targets", f"{_kind(s)}: {_combined(s)} at T = {s['temperature']:g}, stored as {s['storage_dtype']}"],
-        ["on disk", f"{s['bytes'] / 1e6:.2f} MB in {counted(s['shards'], 'shard')}, {s['bytes_per_row']:.1f} B/row"],
+        ["on disk", f"{s['bytes'] / 1e6:.2f} MB in {counted(s['shards'], 'shard')}, {s['bytes_per_row']:.1f} B/row"
+                    + (" (inputs by reference: not counted, they stay in the sources)" if s.get("inputs") == "reference" else "")],
         ["ensemble accuracy", f"{_pct(s['ensemble_accuracy'])} on labelled rows"],
         ["mean entropy", f"{s['mean_entropy_nats']:.4f} nats (max {s['max_entropy_nats']:.4f}) at T = {s['temperature']:g}"],
         *([["mean tail mass", f"{s['mean_tail_mass']:.3g} (the probability outside the stored top k)"]]
@@ -66,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
 
     from transferset.inspect import summarize
 
-    s = summarize(args.directory)
+    s = summarize(args.directory, args.source_root)
     if args.json:
         print(json.dumps(s, indent=1))
         return 0

@@ -11,6 +11,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("directory", help="transfer-set directory")
     p.add_argument("--drop-bad", action="store_true",
                    help="delete failed shards (and the manifest) so that rerunning the same generate redoes just those")
+    p.add_argument("--source-root", metavar="DIR",
+                   help="a set made with `generate --inputs reference`: a folder holding its source files, if they moved")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -35,7 +37,8 @@ def _run(args: argparse.Namespace) -> int:
     problems += _foreign_shards(manifest, {p.shard for p in problems})
     if not problems:
         _refuse_duplicate_ids(manifest, args.directory)
-        print(f"{args.directory}: OK, {counted(len(manifest.shards), 'shard')}, {counted(manifest.rows, 'row')}, checksums match, ids unique")
+        sources = _check_sources(manifest, args)
+        print(f"{args.directory}: OK, {counted(len(manifest.shards), 'shard')}, {counted(manifest.rows, 'row')}, checksums match, ids unique{sources}")
         _note_card(manifest, args.directory)
         return 0
     listing = "; ".join(f"{p.shard}: {p.problem}" for p in problems)
@@ -46,6 +49,16 @@ def _run(args: argparse.Namespace) -> int:
             f"that made the set, --out {args.directory}) to recompute just them" if args.drop_bad
             else f"run `transferset verify {args.directory} --drop-bad`, then rerun the same generate")
     raise UserError(f"{args.directory} failed verification: {len(problems)} of {counted(len(manifest.shards), 'shard')} bad ({listing}); {hint}")
+
+
+def _check_sources(manifest, args) -> str:
+    """A set with its inputs by reference is whole only with its sources: each found and unchanged (sha256)."""
+    from transferset.format.references import by_reference, locate_sources
+
+    if not by_reference(manifest.provenance):
+        return ""
+    locate_sources(manifest.provenance, f"transfer set {args.directory}", args.source_root)
+    return f", {len(manifest.provenance.sources)} referenced source{'s' if len(manifest.provenance.sources) != 1 else ''} unchanged"
 
 
 def _note_card(manifest, directory) -> None:

@@ -194,6 +194,9 @@ def _inputs_line(provenance: Provenance) -> str:
              f"minus mean {spec['mean']}" if spec.get("mean") else "", f"over std {spec['std']}" if spec.get("std") else "",
              f"through `{spec['transform']}`" if spec.get("transform") else ""]
     seen = ", ".join(s for s in steps if s) or "as stored"
+    if provenance.inputs == "reference":
+        return (f"`source_row`: the row of the file named by `source` that holds the input ({columns}; not copied here, "
+                f"so the sources below must stay unchanged); the teachers saw it shaped {shape}, {seen}.")
     return f"{columns}: the input, copied from the source; the teachers saw it shaped {shape}, {seen}."
 
 

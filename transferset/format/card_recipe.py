@@ -23,7 +23,7 @@ def usage(name: str, provenance: Provenance, codec) -> list[str]:
 
     read = ["import numpy as np, pyarrow.dataset as ds, torch", f"T = {float(provenance.temperature)!r}",
             f'table = ds.dataset("{name}", exclude_invalid_files=True).to_table()  # skips README.md and _*.json',
-            *_READ_COLUMN, *codec.recipe(provenance)]
+            *join_recipe(provenance), *_READ_COLUMN, *codec.recipe(provenance)]
     if sequence_length(provenance) is not None:
         return [
             "## Read it", "",
@@ -47,6 +47,29 @@ def usage(name: str, provenance: Provenance, codec) -> list[str]:
         "    loss = T * T * torch.nn.functional.kl_div(log_q, targets[batch], reduction=\"batchmean\")",
         "    optimiser.zero_grad(); loss.backward(); optimiser.step()",
         "```",
+    ]
+
+
+def join_recipe(provenance: Provenance) -> list[str]:
+    """Lines that append a reference set's input columns to `table`, read from its sources."""
+    from transferset.format.references import by_reference
+
+    if not by_reference(provenance):
+        return []
+    files = {s["path"]: s.get("resolved", s["path"]) for s in provenance.sources}
+    return [
+        "# The inputs are not copied into this set: row `source_row` of the file named by `source` holds them.",
+        "import pyarrow as pa, pyarrow.parquet as pq",
+        f"files = {files!r}  # where generate read each source (edit if they moved)",
+        'paths, rows = np.array(table.column("source").to_pylist()), table.column("source_row").to_numpy()',
+        "parts, where = [], []",
+        "for path in dict.fromkeys(paths.tolist()):",
+        "    mine = np.flatnonzero(paths == path)",
+        f"    parts.append(pq.read_table(files[path], columns={list(provenance.input['columns'])!r}).take(rows[mine]))",
+        "    where.append(mine)",
+        "joined = pa.concat_tables(parts).take(np.argsort(np.concatenate(where)))",
+        "for name in joined.column_names:",
+        "    table = table.append_column(name, joined.column(name))",
     ]
 
 

@@ -56,6 +56,9 @@ class Provenance:
     # `transferset recombine`: the source set (config_fingerprint, shards_sha256), the
     # member indices taken from it and the settings that changed ({name: {from, to}})
     recombined_from: dict | None = None
+    # "reference": no input columns; each row names its source row (`source_row`),
+    # joined back at read time (format/references.py). None: the inputs are copied.
+    inputs: str | None = None
     # -- record only ---------------------------------------------------------------------
     rows: int | None = None
     versions: dict = field(default_factory=dict)
@@ -100,11 +103,11 @@ class Provenance:
 FINGERPRINTED = (
     "target_kind", "temperature", "combine", "storage_dtype", "teachers", "sources", "input", "class_names",
     "label_column", "id_column", "teacher_logits_kept", "shard_rows", "row_group_rows", "batch_size", "precision",
-    "num_writers", "target_options", "extra", "recombined_from",
+    "num_writers", "target_options", "extra", "recombined_from", "inputs",
 )
 # Fingerprinted fields added after sets were published: hashed only when set (and
 # callers may leave them out), so the resume key of every earlier set stays the same.
-HASHED_WHEN_SET = ("recombined_from",)
+HASHED_WHEN_SET = ("recombined_from", "inputs")
 
 
 def fingerprint(values: dict[str, Any]) -> str:
@@ -174,6 +177,7 @@ OPTIONAL_CHECKS = {
     "label_column": _text, "id_column": _text, "precision": _text, "device": _text, "created": _text,
     "config_fingerprint": _text, "logits": _text,
     "recombined_from": lambda v: v is None or isinstance(v, dict),
+    "inputs": lambda v: v is None or v == "reference",
     "teacher_logits_kept": lambda v: isinstance(v, bool),
     "shard_rows": _count(1), "row_group_rows": _count(1), "batch_size": _count(1), "rows": _count(0),
     "num_writers": lambda v: _count(1)(v) and v is not None,

@@ -14,6 +14,9 @@ Columns (schema version 1):
                     and `teacher_logits` with --keep-teacher-logits)
     <input columns> passed through unchanged (fixed-size lists are kept as they
                     are; variable lists are stored as fixed-size lists)
+    source_row      int64, not null        instead of the input columns, with
+                                           `generate --inputs reference`: the row's
+                                           index in its source file (references.py)
 
 The Parquet key-value metadata of every shard holds the provenance as JSON under
 the key `transferset` (provenance.py).
@@ -27,6 +30,7 @@ from transferset.errors import UserError
 from transferset.format.codecs import get_codec
 from transferset.format.codecs.dense import LOGITS, TEACHER_LOGITS  # noqa: F401 (the dense columns, named for readers)
 from transferset.format.provenance import Provenance
+from transferset.format.references import SOURCE_ROW, by_reference
 
 METADATA_KEY = b"transferset"
 
@@ -74,7 +78,9 @@ def parquet_options(schema: pa.Schema, provenance: Provenance) -> dict:
         # float16 stays PLAIN: BYTE_STREAM_SPLIT on FLOAT16 (a 2022 addition to the
         # format) is refused by DuckDB and older readers; docs/format.md has the bytes.
         "column_encoding": {**{leaf: "BYTE_STREAM_SPLIT" if provenance.storage_dtype == "float32" else "PLAIN"
-                               for leaf in float_leaves}, **input_encodings(schema, provenance), **own},
+                               for leaf in float_leaves}, **input_encodings(schema, provenance), **own,
+                            # consecutive row numbers: a few bytes per page
+                            **({SOURCE_ROW: "DELTA_BINARY_PACKED"} if by_reference(provenance) else {})},
         "write_statistics": [n for n in schema.names if n not in float_columns],
         # A flipped bit inside a page is then an error on read (page_checksum_verification),
         # not a silently different logit: even under `train --no-verify`.
@@ -96,6 +102,8 @@ def input_encodings(schema: pa.Schema, provenance: Provenance) -> dict[str, str]
     codec_columns = {f.name for f in get_codec(provenance.target_kind).arrow_fields(provenance)}
     tokens = bool((provenance.input or {}).get("tokens"))
     encodings = {}
+    if by_reference(provenance):  # no input columns: source_row has its own encoding
+        return encodings
     for f in schema:
         if f.name in (ID, SOURCE, LABEL) or f.name in codec_columns:
             continue

@@ -23,6 +23,7 @@ from transferset.devices import resolve_device
 from transferset.format.card import CARD, CardSettings, rewrite_card
 from transferset.format.manifest import JOB, MANIFEST, RECORDS_DIR, Manifest, read_shard_records, shard_name, write_manifest
 from transferset.format.provenance import fingerprint
+from transferset.format.references import SOURCE_ROW_FIELD, by_reference
 from transferset.format.schema import target_schema
 from transferset import gcpause, ownership
 from transferset.generate import setup, specialists
@@ -94,7 +95,7 @@ def prepare(cfg: GenerateConfig) -> Context | Manifest:
     fresh = setup.build_provenance(cfg, sources, teachers, weights, num_classes, labelled, device, config_key, loaded_specialists,
                                    positions)
     provenance = setup.recorded_provenance(cfg, fresh, values)
-    schema = target_schema(provenance, input_fields)
+    schema = target_schema(provenance, [SOURCE_ROW_FIELD] if by_reference(provenance) else input_fields)
     return Context(cfg, sources, teachers, weights, device, provenance, schema, codec, loaded_specialists)
 
 

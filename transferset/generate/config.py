@@ -42,6 +42,7 @@ class GenerateConfig:
     batch_size: int = 1024
     shard_rows: int = 131072
     row_group_rows: int = 32768
+    inputs: str = "copy"  # "reference": store source rows, not input copies (format/references.py)
     device: str = "auto"
     precision: str = "fp32"
     engine: str = "local"
@@ -76,6 +77,8 @@ class GenerateConfig:
         for flag, value in (("--batch-size", self.batch_size), ("--shard-rows", self.shard_rows), ("--row-group-rows", self.row_group_rows)):
             if value <= 0:
                 problems.append(f"{flag} must be positive, got {value}")
+        if self.inputs not in ("copy", "reference"):
+            problems.append(f"--inputs must be copy or reference, got {self.inputs!r}")
         if self.precision not in ("fp32", "bf16", "fp16"):
             problems.append(f"--precision must be fp32, bf16 or fp16, got {self.precision!r}")
         if not 0 <= self.writer_index < self.num_writers:

@@ -116,6 +116,7 @@ def fingerprint_values(cfg: GenerateConfig, sources: list[SourceFile]) -> dict:
         "num_writers": cfg.num_writers,
         "target_options": cfg.target_options,
         "extra": cfg.extra,
+        "inputs": None if cfg.inputs == "copy" else cfg.inputs,  # None: not hashed (every earlier set's key stays)
     }
 
 
@@ -123,7 +124,7 @@ def fingerprint_values(cfg: GenerateConfig, sources: list[SourceFile]) -> dict:
 _SETTING_FLAGS = {
     "target_kind": "--targets", "teachers": "the teachers (--teacher, --weights, --teacher-weight or their files)",
     "sources": "the --source data", "input": "--input-*/--transform", "teacher_logits_kept": "--keep-teacher-logits",
-    "target_options": "the --targets options", "extra": "extra settings",
+    "target_options": "the --targets options", "extra": "extra settings", "inputs": "--inputs",
 }
 
 
@@ -286,12 +287,12 @@ def build_provenance(cfg: GenerateConfig, sources, teachers, weights, num_classe
         target_kind=cfg.target_kind, num_classes=num_classes, temperature=float(cfg.temperature), combine=cfg.combine,
         storage_dtype=cfg.storage_dtype,
         teachers=[t.describe(float(w)) for t, w in zip(teachers, weights.tolist())] + specialists.describe(cfg, loaded_specialists),
-        sources=[s.describe(n) for s, n in zip(sources, labelled)],
+        sources=[s.describe(n, resolved=cfg.inputs == "reference") for s, n in zip(sources, labelled)],
         input=cfg.input_spec.to_dict(), class_names=cfg.class_names, label_column=cfg.label_column, id_column=cfg.id_column,
         teacher_logits_kept=cfg.keep_teacher_logits, shard_rows=cfg.shard_rows, row_group_rows=cfg.row_group_rows,
         batch_size=cfg.batch_size, precision=cfg.precision, num_writers=cfg.num_writers,
         target_options={**cfg.target_options, **({"positions": positions} if positions else {})},
-        extra=cfg.extra, rows=sum(s.rows for s in sources),
+        extra=cfg.extra, inputs=None if cfg.inputs == "copy" else cfg.inputs, rows=sum(s.rows for s in sources),
         versions={"transferset": __version__, "torch": torch.__version__, "pyarrow": pyarrow.__version__,
                   "numpy": np.__version__, "python": platform.python_version(), **_decoder_version(cfg)},
         device=str(device) if device.type == "cpu" else f"{device} ({torch.cuda.get_device_name(device)})",

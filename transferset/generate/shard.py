@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterator
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
@@ -29,6 +30,7 @@ from transferset import teachers as teacher_lib
 from transferset.combine import combine
 from transferset.errors import UserError
 from transferset.format.manifest import ShardRecord, shard_name
+from transferset.format.references import SOURCE_ROW, by_reference
 from transferset.format.schema import ID, LABEL, SOURCE, parquet_options
 from transferset.generate import specialists
 from transferset.generate.setup import Context, named_inputs
@@ -152,6 +154,9 @@ def encode_batch(taught: Taught) -> pa.RecordBatch:
         LABEL: batch.column(ctx.cfg.label_column).cast(pa.int32()) if job.source.has_label else pa.nulls(batch.num_rows, pa.int32()),
         **_encode(ctx, taught.target, taught.member, positions, taught.params),
     }
+    if by_reference(ctx.provenance):  # the inputs stay in the source: name the row instead
+        columns[SOURCE_ROW] = pa.array(np.arange(taught.first_row, taught.first_row + batch.num_rows, dtype=np.int64))
+        return pa.RecordBatch.from_arrays([columns[f.name] for f in ctx.schema], schema=ctx.schema)
     spec = ctx.cfg.input_spec
     for name in spec.columns:
         column = batch.column(name)
