@@ -9,11 +9,11 @@ in-memory bound on 2 cores, measurements on these machines; converting inputs pe
 batch instead of per row group cost ~1.5x in epoch time, measured in bench_stream.py).
 
 The next window is read on a background thread while the current one is used, and
-a set that fits in one window is read once and kept. A views set's whole batch
-production (window reads, the per-batch view choice and replay) runs on a thread of
-its own, a few batches ahead of the training step (prefetch.py). Memory is therefore bounded by
+a set that fits in one window is read once and kept. Memory is therefore bounded by
 two windows (DEFAULT_WINDOW_BYTES), whatever the dataset size. A batch that
-straddles two windows carries its first part over (< batch_size rows).
+straddles two windows carries its first part over (< batch_size rows). A views set's
+whole batch production (window reads, the per-batch view choice and replay) runs on
+a thread of its own, PREFETCH_BATCHES ahead of the training step (prefetch.py).
 
 Which rows a process reads follows its `World` (rank, world size; world.py) by
 order.py's partition: `batch_size` is the global batch, and each rank yields its
