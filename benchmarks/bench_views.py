@@ -1,6 +1,7 @@
 """What stored views cost: bytes per view, generate's overhead, training's overhead.
 
-    python benchmarks/bench_views.py            # ~1-2 min on 2 cores
+    python benchmarks/bench_views.py            # ~3-4 min on 2 cores
+    python benchmarks/bench_views.py --skip-generate   # parts 1 and 3 (part 3 still generates its set once)
     python benchmarks/bench_views.py --quick    # a smoke run
 
 1. Bytes per view on disk (the views columns' compressed Parquet column chunks, the
@@ -12,8 +13,11 @@
    teachers, combine, encode, write) / a bare loop running the same teacher over the
    same augmented batches already in memory. Target >= 0.9.
 3. Train: images/s of a student trained from the views set through StreamSource
-   (per batch: the view choice and its exact replay; inputs decoded once per window)
-   / the same student fed the same augmented inputs and targets from memory. Target >= 0.8.
+   (per batch: the view choice and its exact replay; inputs decoded once per window),
+   with the replay on the training thread (prefetch 0) and on the producer thread (the
+   default), / the same student fed the same augmented inputs and targets from memory.
+   Target >= 0.8. Once with the set in one window (decoded once), once in windows of a
+   quarter of the rows (re-read and decoded every epoch).
 
 Random 3x32x32 uint8 inputs (the timings do not depend on the content); a
 ResNet-18 teacher (width 16) and a small CNN student; one torch thread each.
@@ -40,13 +44,14 @@ sys.path[:0] = [str(ROOT), str(HERE)]
 
 import cli  # noqa: E402
 from train.resnet import resnet18  # noqa: E402
-from train.students import cnn  # noqa: E402
+from train.students import cnn, mlp  # noqa: E402
 from transferset.format.codecs import get_codec  # noqa: E402
 from transferset.format.provenance import Provenance  # noqa: E402
 from transferset.format.schema import parquet_options  # noqa: E402
 from transferset.views.expand import ViewPlan  # noqa: E402
 
 SHAPE = (3, 32, 32)
+WAIT_S = 0.01  # --student wait: 10 ms per batch of 128 (12,800 images/s), the CPU left free
 
 
 def teacher() -> torch.nn.Module:
@@ -100,29 +105,40 @@ def generate_ratio(source: Path, work: Path, views: int, augment: str, batch: in
                 torch.log_softmax(model(b), dim=-1)
 
     def generate():
-        out = work / "set"
-        shutil.rmtree(out, ignore_errors=True)
-        code = cli.main(["generate", "--teacher", "bench_views:teacher", "--source", str(source), "--input-shape", "3,32,32",
-                         "--input-scale", "1/255", "--views", str(views), "--augment", augment, "--batch-size", str(batch),
-                         "--out", str(out), "--quiet"])
-        assert code == 0
+        generate_set(source, work / "set", views, augment, batch)
 
     pairs = [(_time(bare), _time(generate)) for _ in range(repeat)]  # alternated: the machine's load hits both alike
     t_bare, t_gen = statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs)
     return n * views / t_gen, n * views / t_bare
 
 
+def generate_set(source: Path, out: Path, views: int, augment: str, batch: int) -> None:
+    shutil.rmtree(out, ignore_errors=True)
+    code = cli.main(["generate", "--teacher", "bench_views:teacher", "--source", str(source), "--input-shape", "3,32,32",
+                     "--input-scale", "1/255", "--views", str(views), "--augment", augment, "--batch-size", str(batch),
+                     "--out", str(out), "--quiet"])
+    assert code == 0
+
+
 # -- 3. training from views vs from memory -------------------------------------------
 
 
-def train_ratio(out: Path, batch: int, epochs: int) -> tuple[float, float]:
+def train_ratio(out: Path, batch: int, epochs: int, window_rows: int | None, student_name: str = "cnn") -> dict[str, float]:
+    """images/s of one student step per batch, fed (a) from the views set with the replay on the
+    training thread (prefetch 0, as before the producer thread), (b) with the default prefetch
+    (train/prefetch.py), (c) from memory; and (d) the views batches alone (no step: the producer's
+    ceiling). `window_rows` None: the set is one window, read and decoded once; else windows of
+    that many rows, re-read and decoded every epoch (on the read-ahead thread)."""
     from train.stream import StreamSource
 
-    source = StreamSource.open_transfer_set(out)
-    student = cnn(10, SHAPE)
+    source = StreamSource.open_transfer_set(out, window_rows=window_rows)
+    student = cnn(10, SHAPE) if student_name == "cnn" else mlp(10, SHAPE, hidden=(256,))
     optimiser = torch.optim.SGD(student.parameters(), lr=0.01)
 
     def step(inputs, targets):
+        if student_name == "wait":  # a step that waits without the CPU, as one on a GPU does
+            time.sleep(WAIT_S)
+            return
         loss = torch.nn.functional.kl_div(torch.log_softmax(student(inputs), -1), torch.log_softmax(targets, -1),
                                           log_target=True, reduction="batchmean")
         optimiser.zero_grad()
@@ -135,20 +151,26 @@ def train_ratio(out: Path, batch: int, epochs: int) -> tuple[float, float]:
     t = torch.cat([m[1] for m in memory])
     n = len(x)
 
-    def from_views(epoch):
-        for b in source.epoch(batch_size=batch, seed=0, epoch=epoch):
+    def from_views(epoch, prefetch):
+        for b in source.epoch(batch_size=batch, seed=0, epoch=epoch, prefetch=prefetch):
             step(b.inputs, b.target_logits)
+
+    def batches_alone(epoch):
+        for _ in source.epoch(batch_size=batch, seed=0, epoch=epoch, prefetch=0):
+            pass
 
     def from_memory(epoch):
         order = torch.randperm(n, generator=torch.Generator().manual_seed(epoch))
         for idx in order.split(batch):
             step(x.index_select(0, idx), t.index_select(0, idx))
 
-    views_times, memory_times = [], []
+    runs = {"thread": lambda e: from_views(e, 0), "prefetch": lambda e: from_views(e, source.prefetch), "memory": from_memory,
+            "alone": batches_alone}
+    times = {name: [] for name in runs}
     for e in range(1, epochs + 1):  # alternated, as above
-        views_times.append(_time(lambda: from_views(e)))
-        memory_times.append(_time(lambda: from_memory(e)))
-    return n / statistics.median(views_times), n / statistics.median(memory_times)
+        for name, run in runs.items():
+            times[name].append(_time(lambda: run(e)))
+    return {name: n / statistics.median(values) for name, values in times.items()}
 
 
 def _time(fn) -> float:
@@ -163,6 +185,10 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1024, help="rows of the generate and train benchmarks")
     parser.add_argument("--views", type=int, default=8)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--student", choices=("cnn", "mlp", "wait"), default="cnn",
+                        help="part 3's student: the small CNN; an MLP 3072-256-10 whose step is ~15x cheaper (so the replay's share shows); "
+                             "or 'wait', a step that sleeps 10 ms per batch, leaving the CPU free as a GPU step does")
+    parser.add_argument("--skip-generate", action="store_true", help="skip part 2 (generate's ratio); part 3 still generates its set once")
     args = parser.parse_args()
     torch.set_num_threads(1)
     rows = 256 if args.quick else args.rows
@@ -180,11 +206,17 @@ def main() -> None:
         source = work / "x.parquet"
         assert cli.main(["convert", "--images", str(work / "x.npy"), "--out", str(source), "--quiet"]) == 0
         augment = "random-resized-crop(32,scale=0.35-1),hflip"
-        gen, bare = generate_ratio(source, work, args.views, augment, 256, 1 if args.quick else args.repeat)
-        print(f"2. generate --views {args.views}: {gen:,.0f} views/s vs bare teacher {bare:,.0f} views/s: ratio {gen / bare:.2f} (target >= 0.9)")
-        from_views, from_memory = train_ratio(work / "set", 128, 1 if args.quick else 3)
-        print(f"3. train from views: {from_views:,.0f} images/s vs from memory {from_memory:,.0f} images/s: "
-              f"ratio {from_views / from_memory:.2f} (target >= 0.8)")
+        if args.skip_generate:
+            generate_set(source, work / "set", args.views, augment, 256)
+        else:
+            gen, bare = generate_ratio(source, work, args.views, augment, 256, 1 if args.quick else args.repeat)
+            print(f"2. generate --views {args.views}: {gen:,.0f} views/s vs bare teacher {bare:,.0f} views/s: ratio {gen / bare:.2f} (target >= 0.9)")
+        print("3. train from views vs from memory (target >= 0.8), images/s:")
+        for label, window in (("one window, decoded once", None), ("windows of rows/4, decoded every epoch", rows // 4)):
+            r = train_ratio(work / "set", 128, 1 if args.quick else args.repeat, window, args.student)
+            print(f"   {label}: replay on the training thread {r['thread']:,.0f} (ratio {r['thread'] / r['memory']:.2f}), "
+                  f"prefetched {r['prefetch']:,.0f} (ratio {r['prefetch'] / r['memory']:.2f}), from memory {r['memory']:,.0f}; "
+                  f"the views batches alone {r['alone']:,.0f}")
     finally:
         shutil.rmtree(work)
 

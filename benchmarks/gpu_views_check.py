@@ -24,7 +24,8 @@ from transferset.views.expand import ViewPlan
 from transferset.views.augment import parse_augment
 dev = torch.device("cuda")
 for spec, shape in (("random-resized-crop(224,scale=0.35-1),hflip", (3, 224, 224)), ("shift(2)", (1, 28, 28)),
-                    ("random-resized-crop(28,scale=0.5-1),shift(2),hflip", (1, 28, 28))):
+                    ("random-resized-crop(28,scale=0.5-1),shift(2),hflip", (1, 28, 28)),
+                    ("random-resized-crop(224,scale=0.35-1),hflip,color-jitter(brightness=0.4,contrast=0.4,saturation=0.4)", (3, 224, 224))):
     plan = ViewPlan(16, parse_augment(spec), 0)
     x = torch.rand(64, *shape)
     ids = [str(i) for i in range(64)]

@@ -18,6 +18,11 @@ def tiny_b() -> torch.nn.Module:
     return mlp(2)
 
 
+def tiny_rgb() -> torch.nn.Module:
+    """For 3x8x8 (RGB) inputs."""
+    return mlp(4, inputs=3 * 8 * 8)
+
+
 def seven_classes() -> torch.nn.Module:
     return mlp(3, classes=7)
 

@@ -11,7 +11,9 @@ batch instead of per row group cost ~1.5x in epoch time, measured in bench_strea
 The next window is read on a background thread while the current one is used, and
 a set that fits in one window is read once and kept. Memory is therefore bounded by
 two windows (DEFAULT_WINDOW_BYTES), whatever the dataset size. A batch that
-straddles two windows carries its first part over (< batch_size rows).
+straddles two windows carries its first part over (< batch_size rows). A views set's
+whole batch production (window reads, the per-batch view choice and replay) runs on
+a thread of its own, PREFETCH_BATCHES ahead of the training step (prefetch.py).
 
 Which rows a process reads follows its `World` (rank, world size; world.py) by
 order.py's partition: `batch_size` is the global batch, and each rank yields its
@@ -28,6 +30,7 @@ import torch
 from train import order
 from train.batch import Batch
 from train.labelled import scan_labelled
+from train.prefetch import prefetched
 from train.window import RowGroup, Rows, WindowData, extra_value, open_parquet, read_window
 from train.world import SINGLE_PROCESS, World
 from transferset.errors import UserError
@@ -47,6 +50,9 @@ from transferset.progress import counted
 # read once and kept. 1M rows of 100 targets + 16 features (~470 MB) take two.
 # Held at most: the window in use + the one read ahead + one row group in Arrow form.
 DEFAULT_WINDOW_BYTES = 256 << 20
+# Batches a views set's producer thread makes ahead of the training step (each one a
+# batch of float32 views: 256 x 3x224x224 is 154 MB, so a small depth).
+PREFETCH_BATCHES = 2
 
 
 class StreamSource:
@@ -73,6 +79,9 @@ class StreamSource:
         self._columns = columns  # the columns every file has (for columns_extra)
         self._kept: tuple | None = None  # (key, WindowData) of a set that fits in one window
         self._references: dict[str, str] | None = None  # `--inputs reference` sets: {recorded source path: file}
+        # A views set's batches are made (view choice, replay, first decode) PREFETCH_BATCHES ahead
+        # on a background thread; other sets' batches cost an index_select and stay on the caller's.
+        self.prefetch = PREFETCH_BATCHES if self.codec is not None and self.codec.kind == "views" else 0
         # Row groups per window, sized by the largest row group so that no window exceeds the budget.
         if window_rows is not None:
             self._window = max(1, window_rows // max(g.rows for g in self._row_groups))
@@ -177,15 +186,19 @@ class StreamSource:
         return self._part(batch_size, world, drop_last).num_batches
 
     def epoch(self, *, batch_size: int, seed: int, epoch: int, start_batch: int = 0, shuffle: bool = True,
-              world: World = SINGLE_PROCESS, drop_last: bool = False, columns_extra: tuple = ()) -> Iterator[Batch]:
+              world: World = SINGLE_PROCESS, drop_last: bool = False, columns_extra: tuple = (),
+              prefetch: int | None = None) -> Iterator[Batch]:
         """This rank's slices of the epoch's global batches of `batch_size` rows, from
-        global batch `start_batch` on (see order.py).
+        global batch `start_batch` on (see order.py). `prefetch`: batches made ahead on a
+        background thread (prefetch.py); None: this source's default (`self.prefetch`).
 
         Deterministic for (seed, epoch, data, batch_size, world.rank, world.world_size);
         resuming at start_batch=k yields exactly the batches after the first k, and reads
         no window that holds none of them."""
-        return self._batches(batch_size=batch_size, seed=seed, epoch=epoch, start_batch=start_batch, shuffle=shuffle,
-                             world=world, drop_last=drop_last, columns_extra=columns_extra)
+        batches = self._batches(batch_size=batch_size, seed=seed, epoch=epoch, start_batch=start_batch, shuffle=shuffle,
+                                world=world, drop_last=drop_last, columns_extra=columns_extra)  # checks its arguments now
+        depth = self.prefetch if prefetch is None else prefetch
+        return prefetched(lambda: batches, depth) if depth else batches
 
     def _part(self, batch_size: int, world: World, drop_last: bool) -> order.RankPart:
         if batch_size < 1:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from transferset.inputs import InputSpec
 from transferset.views.augment import parse_augment
 from transferset.views.draws import hash64
 
@@ -42,7 +43,8 @@ class ViewReplay:
     def __init__(self, provenance) -> None:
         options = provenance.target_options
         self.views = int(options["views"])
-        self.augmentation = parse_augment(options["augment"])
+        # colour ops undo the input spec's mean and std, as generate's ViewPlan did
+        self.augmentation = parse_augment(options["augment"]).for_input(InputSpec.from_dict(provenance.input))
 
     def pick(self, rows, positions: torch.Tensor, seed: int, epoch: int):
         """`rows` (window.Rows, targets with a views axis) -> the same rows with one view each."""

@@ -73,7 +73,7 @@ def read_batches(job: ShardJob) -> Iterator[tuple[int, pa.RecordBatch, dict[str,
 def _views(ctx: Context) -> ViewPlan | None:
     """The views of a views set (transferset/views/expand.py), else None. On CUDA they are made on
     the device in label_batch (CPU augmentation would starve a GPU teacher); on CPU by read_batches."""
-    return ViewPlan.from_options(ctx.provenance.target_options) if ctx.provenance.target_kind == "views" else None
+    return ViewPlan.from_options(ctx.provenance.target_options, ctx.cfg.input_spec) if ctx.provenance.target_kind == "views" else None
 
 
 @dataclass

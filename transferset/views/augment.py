@@ -16,6 +16,9 @@ The grammar (`--augment`), ops separated by commas, applied left to right:
     rotate(DEG)
         a small affine: rotate about the centre by -DEG..DEG degrees (in tenths of a degree,
         uniformly), bilinear, 0 outside. Params: the angle in tenths of a degree.
+    color-jitter(brightness=B,contrast=C,saturation=S)
+        torchvision's colour factors on the pixels (transferset/views/color.py). Params: each
+        named factor in thousandths.
 
 Parameters are integers (pixels, flags), so they are stored exactly (int16 per
 view) and a stored view replays bit for bit: the same params on the same decoded
@@ -25,7 +28,8 @@ dependent kernels), so a row's result does not depend on the rows batched with i
 
 Augmentations act on the model's input tensor [N, C, H, W] (after the input spec's
 scale, mean and std): shift's 0 is therefore the mean colour of a normalised input
-and 0 of an unnormalised one.
+and 0 of an unnormalised one. color-jitter alone works on the pixels (it undoes the mean and
+std, `Augmentation.for_input`, and redoes them).
 """
 
 from __future__ import annotations
@@ -215,8 +219,17 @@ class Augmentation:
                             f"(for MNIST rows of 784 values give --input-shape 1,28,28)")
         size = shape[1:]
         for op in self.ops:
+            if hasattr(op, "check_channels"):  # colour ops need 1 or 3 channels
+                op.check_channels(shape[0])
             size = op.output_size(size)
         return (shape[0], *size)
+
+    def for_input(self, spec) -> "Augmentation":
+        """These ops for inputs normalised by `spec` (an InputSpec): ops defined on pixels (colour)
+        learn its mean and std; the others act on the model's input as it is."""
+        if spec is None:
+            return self
+        return Augmentation(tuple(op.for_input(spec) if hasattr(op, "for_input") else op for op in self.ops))
 
     def draw(self, seed: int, keys: np.ndarray, views: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
         """int64 [B, V, count]: the params of view views[v] of the row with key keys[b]."""

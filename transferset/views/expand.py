@@ -28,8 +28,11 @@ class ViewPlan:
     seed: int
 
     @classmethod
-    def from_options(cls, options: dict) -> "ViewPlan":
-        return cls(int(options["views"]), parse_augment(options["augment"]), int(options.get("seed", 0)))
+    def from_options(cls, options: dict, input_spec=None) -> "ViewPlan":
+        """`input_spec` (the set's InputSpec): the normalisation colour ops undo to reach the pixels;
+        None: the inputs are the pixels."""
+        augmentation = parse_augment(options["augment"]).for_input(input_spec)
+        return cls(int(options["views"]), augmentation, int(options.get("seed", 0)))
 
     def check_shape(self, shape: tuple[int, ...] | None) -> None:
         """Views must have the shape of the inputs (the teachers and the student take one shape)."""
@@ -81,7 +84,12 @@ def views_problems(cfg) -> list[str]:
     if cfg.specialists:
         problems.append("--views takes --combine arithmetic or geometric, not specialists")
     try:
-        ViewPlan.from_options(cfg.target_options).check_shape(spec.shape)
+        plan = ViewPlan.from_options(cfg.target_options, spec)
+        plan.check_shape(spec.shape)
     except UserError as error:
-        problems.append(str(error))
+        return problems + [str(error)]
+    colour = [op.text for op in plan.augmentation.ops if hasattr(op, "check_channels")]
+    if colour and spec.image and abs(spec.scale * 255 - 1) > 1e-9:
+        problems.append(f"--augment {colour[0]} works on pixels in [0, 1]: give --input-scale 1/255 for these 8-bit images "
+                        f"(and --input-mean/--input-std for the normalisation), not {spec.scale:g}")
     return problems

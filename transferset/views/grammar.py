@@ -13,9 +13,11 @@ import re
 from transferset.errors import UserError
 from transferset.views.augment import (MAX_DEGREES, MAX_SHIFT, MAX_SIZE, Augmentation, HorizontalFlip, RandomResizedCrop,
                                        Rotate, Shift)
+from transferset.views.color import FACTORS, MAX_JITTER, ColorJitter
 
 _OP = re.compile(r"^\s*([a-z][a-z-]*)\s*(?:\((.*)\))?\s*$", re.S)
-_KNOWN = "random-resized-crop(SIZE,scale=LO-HI,ratio=LO-HI), hflip(p=P), shift(N), rotate(DEG)"
+_KNOWN = ("random-resized-crop(SIZE,scale=LO-HI,ratio=LO-HI), hflip(p=P), shift(N), rotate(DEG), "
+          "color-jitter(brightness=B,contrast=C,saturation=S)")
 
 
 def _split_top(text: str) -> list[str]:
@@ -62,14 +64,16 @@ def _op(text: str):
     positional = [a for a in args if "=" not in a]
     keyed = dict(a.split("=", 1) for a in args if "=" in a)
     keyed = {k.strip(): v.strip() for k, v in keyed.items()}
-    allowed = {"random-resized-crop": (1, {"scale", "ratio"}), "hflip": (0, {"p"}), "shift": (1, set()), "jitter": (1, set()), "rotate": (1, set())}
+    allowed = {"random-resized-crop": (1, {"scale", "ratio"}), "hflip": (0, {"p"}), "shift": (1, set()), "jitter": (1, set()), "rotate": (1, set()),
+               "color-jitter": (0, set(FACTORS))}
     if name not in allowed:
         raise UserError(f"--augment: unknown augmentation {name!r}; known: {_KNOWN}")
     n_positional, keys = allowed[name]
     unknown = sorted(set(keyed) - keys)
     if len(positional) != n_positional or unknown:
         usage = {"random-resized-crop": "random-resized-crop(SIZE[,scale=LO-HI][,ratio=LO-HI])", "hflip": "hflip or hflip(p=P)",
-                 "shift": "shift(N)", "jitter": "jitter(N)", "rotate": "rotate(DEG)"}[name]
+                 "shift": "shift(N)", "jitter": "jitter(N)", "rotate": "rotate(DEG)",
+                 "color-jitter": "color-jitter(brightness=B,contrast=C,saturation=S)"}[name]
         raise UserError(f"--augment {text.strip()}: wrong arguments; write {usage}")
     if name == "random-resized-crop":
         size = _integer(name, positional[0], 1, MAX_SIZE, "SIZE")
@@ -85,9 +89,27 @@ def _op(text: str):
         if not 0 <= prob <= 1:
             raise UserError(f"--augment hflip: p={p} is out of range; give 0 <= p <= 1")
         return HorizontalFlip(prob)
+    if name == "color-jitter":
+        return _color_jitter(keyed)
     if name == "rotate":
         return Rotate(_integer(name, positional[0], 0, MAX_DEGREES, "DEG"))
     return Shift(_integer(name, positional[0], 0, MAX_SHIFT, "N"))
+
+
+def _color_jitter(keyed: dict[str, str]) -> ColorJitter:
+    """torchvision's factors: X draws a factor in [max(0, 1 - X), 1 + X]; 0 (or absent) leaves it out."""
+    values = {}
+    for name, text in keyed.items():
+        try:
+            values[name] = float(text)
+        except ValueError:
+            values[name] = float("nan")
+        if not 0 <= values[name] <= MAX_JITTER:
+            raise UserError(f"--augment color-jitter: {name}={text} is out of range; give 0 <= {name} <= {MAX_JITTER:g}")
+    if not any(v > 0 for v in values.values()):
+        raise UserError("--augment color-jitter needs brightness, contrast or saturation above 0, "
+                        "e.g. color-jitter(brightness=0.4,contrast=0.4,saturation=0.4)")
+    return ColorJitter(**values)
 
 
 def parse_augment(text: str) -> Augmentation:
