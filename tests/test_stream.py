@@ -286,10 +286,28 @@ def test_reads_one_row_group_at_a_time(source, monkeypatch):
     def refuse(*a, **k):
         raise AssertionError("whole-file read")
 
+    iter_batches = pq.ParquetFile.iter_batches
+
+    def one_row_group(self, *args, row_groups=None, **kwargs):
+        if row_groups is None or len(row_groups) != 1:
+            raise AssertionError(f"iter_batches over row groups {row_groups}, not one")
+        return iter_batches(self, *args, row_groups=row_groups, **kwargs)
+
     monkeypatch.setattr(pq.ParquetFile, "read", refuse)
-    monkeypatch.setattr(pq.ParquetFile, "iter_batches", refuse)
+    monkeypatch.setattr(pq.ParquetFile, "iter_batches", one_row_group)
     monkeypatch.setattr(pq, "read_table", refuse)
     assert len(ids(run(source))) == 117
+
+
+def test_a_row_group_is_decoded_in_parts(source, monkeypatch):
+    # Parts of PART_BYTES keep the transient decode small; the batches do not change.
+    import train.window
+
+    whole = [(b.inputs, b.labels, b.target_logits) for b in run(source)]
+    monkeypatch.setattr(train.window, "PART_BYTES", 1)
+    monkeypatch.setattr(train.window, "PART_MIN_ROWS", 3)  # row groups of 10 rows in parts of 3, 3, 3, 1
+    parts = [(b.inputs, b.labels, b.target_logits) for b in run(source)]
+    assert len(whole) == len(parts) and all(all(torch.equal(x, y) for x, y in zip(a, b)) for a, b in zip(whole, parts))
 
 
 # -- labelled Parquet -------------------------------------------------------
