@@ -175,3 +175,44 @@ def test_per_token_sets_join_their_tokens(tmp_path):
     assert summaries["reference"]["bytes"] < summaries["copy"]["bytes"]
     copy, reference = _batches(tmp_path / "copy"), _batches(tmp_path / "reference")
     assert len(copy) == len(reference) and all(torch.equal(a[0], b[0]) for a, b in zip(copy, reference))
+
+
+def pixels_as_floats(batch):
+    """A --transform for the window test: the pixel column as float32 [rows, 64]."""
+    return np.stack(batch.column("pixels").to_numpy(zero_copy_only=False)).astype(np.float32) / 16
+
+
+def test_transform_windows_are_sized_like_the_copy_sets(made, tmp_path):
+    base = [a for a in BASE if a not in ("--input-shape", "1,8,8", "--input-scale", "1/16")]
+    for mode in ("copy", "reference"):
+        run_in_process("generate", *base, "--source", made / "lab.parquet", "--transform", "test_inputs_reference:pixels_as_floats",
+                       "--inputs", mode, "--out", tmp_path / mode, check=True)
+    copy, reference = (StreamSource.open_transfer_set(tmp_path / m, window_bytes=60_000) for m in ("copy", "reference"))
+    assert 2 <= copy.window_row_groups < 13  # 13 row groups in all: several windows
+    assert 0.7 <= reference.window_row_groups / copy.window_row_groups <= 1.4  # not the whole set in one window
+
+
+def test_the_recorded_spelling_and_path_win_over_this_directorys_files(tmp_path, monkeypatch):
+    rng = np.random.default_rng(2)
+    (tmp_path / "a" / "data").mkdir(parents=True)
+    (tmp_path / "b" / "data").mkdir(parents=True)
+    write_pixels_source(tmp_path / "a" / "data" / "x.parquet", rng.integers(0, 16, (90, 64), dtype=np.uint8), rng.integers(0, 10, 90).tolist())
+    write_pixels_source(tmp_path / "b" / "data" / "x.parquet", rng.integers(0, 16, (90, 64), dtype=np.uint8), rng.integers(0, 10, 90).tolist())
+    monkeypatch.chdir(tmp_path / "a")
+    for mode in ("copy", "reference"):
+        run_in_process("generate", *BASE, "--source", "data/x.parquet", "--inputs", mode, "--out", tmp_path / mode, check=True)
+    # A shard redone by a rerun that names the same file by its absolute path.
+    (tmp_path / "reference" / "part-00000.parquet").write_bytes(b"damaged")
+    run_cli("verify", tmp_path / "reference", "--drop-bad")
+    run_in_process("generate", *BASE, "--source", tmp_path / "a" / "data" / "x.parquet", "--inputs", "reference",
+                   "--out", tmp_path / "reference", check=True)
+    sources = pq.read_table(tmp_path / "reference" / "part-00000.parquet", columns=["source"]).column("source").to_pylist()
+    assert set(sources) == {"data/x.parquet"}
+    # From b/, whose data/x.parquet is another file of the same size and rows: the absolute path generate recorded wins.
+    monkeypatch.chdir(tmp_path / "b")
+    assert run_in_process("verify", tmp_path / "reference").returncode == 0
+    copy = _batches(tmp_path / "copy")
+    for check in (True, False):
+        reference = StreamSource.open_transfer_set(tmp_path / "reference", window_rows=100, check_sources=check)
+        batches = [b.inputs for b in reference.epoch(batch_size=33, seed=5, epoch=0)]
+        assert all(torch.equal(a[0], b) for a, b in zip(copy, batches))

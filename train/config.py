@@ -102,9 +102,9 @@ class TrainConfig:
     """None, "latest", or a checkpoint path"""
     overwrite: bool = False
     verify: bool = True
+    """check the transfer set's shard checksums against its manifest before training"""
     source_root: str | None = None
     """a reference set's sources (`generate --inputs reference`) are looked for here first"""
-    """check the transfer set's shard checksums against its manifest before training"""
     trust_checkpoint: bool = False
     """allow a --resume checkpoint that needs full unpickling (runs code from the file)"""
     quiet: bool = False

@@ -79,7 +79,7 @@ class TrainingData:
 
 def open_training_data(cfg: TrainConfig, world: World) -> TrainingData:
     """Open and check everything the run reads; nothing is written yet."""
-    source = _open_source(cfg)
+    source = _open_source(cfg, world)
     per_token = source.per_token
     kind = source.provenance.target_kind if source.codec else None
     cfg.check_data(
@@ -96,7 +96,7 @@ def open_training_data(cfg: TrainConfig, world: World) -> TrainingData:
             raise UserError(f"--tokens-per-batch {cfg.tokens_per_batch} gives a global batch of {cfg.batch_size} rows of {length} tokens, "
                             f"not divisible by the {world.world_size} processes; use a multiple of {step} tokens")
     eval_sources = {path: open_eval_data(path, source.input_spec, cfg.eval_label_column, source.num_classes, per_token=per_token,
-                                         source_root=cfg.source_root, check_sources=cfg.verify)
+                                         source_root=cfg.source_root, check_sources=cfg.verify and world.is_main)
                     for path in cfg.eval}
     steps_per_epoch = source.num_batches(cfg.batch_size, world)
     total_steps = cfg.epochs * steps_per_epoch
@@ -155,11 +155,13 @@ def refuse_class_student(spec: str) -> None:
                         f"use --student train.students:gpt or hf:DIR")
 
 
-def _open_source(cfg: TrainConfig) -> StreamSource:
+def _open_source(cfg: TrainConfig, world: World) -> StreamSource:
     if cfg.transfer is not None:
         if cfg.verify:
             _verify_transfer_set(cfg.transfer)
-        return StreamSource.open_transfer_set(cfg.transfer, source_root=cfg.source_root, check_sources=cfg.verify)
+        # A reference set's sources are hashed by rank 0 (a refusal there stops every rank);
+        # the other ranks check their size and rows, not N reads of the same corpus at once.
+        return StreamSource.open_transfer_set(cfg.transfer, source_root=cfg.source_root, check_sources=cfg.verify and world.is_main)
     spec = InputSpec.from_dict(cfg.input)
     return StreamSource.open_labelled(list(cfg.data), spec, cfg.label_column, cfg.num_classes, what="--data")
 

@@ -123,11 +123,13 @@ class StreamSource:
         provenance = manifest.provenance
         spec = InputSpec.from_dict(provenance.input)
         codec = get_codec(provenance.target_kind, str(directory))
-        references = None
+        references, joined_bytes = None, 0
         if by_reference(provenance):
             references = locate_sources(provenance, f"transfer set {directory}", source_root, check_sources)
             for path in references.values():
-                spec.check_field(open_parquet(path).schema_arrow, f"source {path}")
+                pf = open_parquet(path)
+                spec.check_field(pf.schema_arrow, f"source {path}")
+                joined_bytes = max(joined_bytes, _input_bytes_per_row(pf, spec))
         num_classes = manifest.num_classes
         row_groups, columns = [], None
         for record, path in zip(manifest.shards, manifest.shard_paths()):
@@ -146,7 +148,10 @@ class StreamSource:
             elif SOURCE_ROW not in arrow_schema.names:
                 raise UserError(f"{path} has no {SOURCE_ROW!r} column, but its set takes its inputs by reference; the transfer set is damaged, regenerate it")
             columns = set(arrow_schema.names) if columns is None else columns & set(arrow_schema.names)
-            row_groups += [RowGroup(str(path), i, pf.metadata.row_group(i).num_rows, pf.metadata.row_group(i).total_byte_size)
+            # A reference set's row groups hold no inputs: count the joined ones, so that the
+            # window and the decoding parts are sized as for the copy set.
+            row_groups += [RowGroup(str(path), i, pf.metadata.row_group(i).num_rows,
+                                    pf.metadata.row_group(i).total_byte_size + joined_bytes * pf.metadata.row_group(i).num_rows)
                            for i in range(pf.num_row_groups)]
         source = cls(row_groups=row_groups, input_spec=spec, label_column=LABEL, num_classes=num_classes,
                      num_labelled=sum(s.labelled_rows for s in manifest.shards), provenance=provenance, columns=frozenset(columns),
@@ -284,6 +289,25 @@ class StreamSource:
             inputs = rows.inputs
         return Batch(inputs, rows.labels, rows.targets, {name: extra_value(rows.extra.column(name)) for name in extra}, self.per_token,
                      global_rows)
+
+
+# Bytes of one Parquet value by physical type, as a copy set's input columns count them
+# (uint8 pixels are INT32: 4). Byte arrays (encoded images, text) count their footer size.
+_PHYSICAL_BYTES = {"BOOLEAN": 1, "INT32": 4, "FLOAT": 4, "INT64": 8, "DOUBLE": 8, "INT96": 12}
+
+
+def _input_bytes_per_row(pf, spec: InputSpec) -> int:
+    """Bytes per row of a source's input columns, counted as a copy set's row groups count
+    them (values x physical width, from the footer), to size a reference set's windows."""
+    meta, total = pf.metadata, 0
+    for g in range(meta.num_row_groups):
+        group = meta.row_group(g)
+        for c in range(group.num_columns):
+            chunk = group.column(c)
+            if chunk.path_in_schema.split(".")[0] in spec.columns:
+                width = _PHYSICAL_BYTES.get(chunk.physical_type)
+                total += chunk.num_values * width if width else chunk.total_uncompressed_size
+    return -(-total // max(meta.num_rows, 1))
 
 
 class StreamDataset(torch.utils.data.IterableDataset):

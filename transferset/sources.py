@@ -38,14 +38,15 @@ class SourceFile:
     has_label: bool
 
     def describe(self, labelled_rows: int, resolved: bool = False) -> dict:
-        """`resolved`: also the absolute path, where a set that joins its inputs from here looks last."""
+        """`resolved`: also the absolute path and the size, for a set that joins its inputs from
+        here (format/references.py looks there and checks the size under --no-verify)."""
         return {
             "path": self.path,
             "fingerprint": self.fingerprint,
             "rows": self.rows,
             "labelled_rows": labelled_rows,
             "labelled": labelled_rows > 0,
-            **({"resolved": str(Path(self.path).resolve())} if resolved else {}),
+            **({"resolved": str(Path(self.path).resolve()), "bytes": Path(self.path).stat().st_size} if resolved else {}),
         }
 
 

@@ -20,7 +20,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data (one of --transfer / --data)")
     g.add_argument("--transfer", metavar="DIR", help="transfer-set directory made by `transferset generate`")
     g.add_argument("--no-verify", dest="verify", action="store_false",
-                   help="skip the shard checksum check before training (it reads the set once, ~1 GB/s)")
+                   help="skip the shard checksum check before training (it reads the set once, ~1 GB/s); for a set made with "
+                        "--inputs reference, check its sources' size and row count instead of their sha256")
     g.add_argument("--source-root", metavar="DIR", help="a set made with `generate --inputs reference`: a folder holding its source files, if they moved (default: where generate read them)")
     g.add_argument("--data", action="append", metavar="PATH", help="labelled Parquet file, directory or glob: hard labels only (repeatable)")
     add_input_flags(g, prefix="with --data: ")

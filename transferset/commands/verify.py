@@ -53,12 +53,13 @@ def _run(args: argparse.Namespace) -> int:
 
 def _check_sources(manifest, args) -> str:
     """A set with its inputs by reference is whole only with its sources: each found and unchanged (sha256)."""
-    from transferset.format.references import by_reference, locate_sources
+    from transferset.format.references import by_reference, check_references, locate_sources
 
     if not by_reference(manifest.provenance):
         return ""
-    locate_sources(manifest.provenance, f"transfer set {args.directory}", args.source_root)
-    return f", {len(manifest.provenance.sources)} referenced source{'s' if len(manifest.provenance.sources) != 1 else ''} unchanged"
+    located = locate_sources(manifest.provenance, f"transfer set {args.directory}", args.source_root)
+    check_references(manifest, located)
+    return f", {len(located)} referenced source{'s' if len(located) != 1 else ''} unchanged"
 
 
 def _note_card(manifest, directory) -> None:

@@ -7,13 +7,13 @@ text corpus is then stored once, however many transfer sets are made from it.
 
 The join is only right while the source is the very file the teachers read, so a
 reader first finds every source (`locate_sources`) and checks it against the
-provenance: its sha256 (the fingerprint generate recorded; ~1 GB/s), or with
-`train --no-verify` its row count only. A changed or missing source is refused in
-one line, never joined to the wrong rows.
+provenance: its sha256 (the fingerprint generate recorded; ~1 GB/s, once per process),
+or with `train --no-verify` (and on DDP ranks other than 0, which rank 0 covers) its
+size and row count only. A changed or missing source is refused in one line.
 
 Where a source is looked for, in order: below `--source-root DIR` (its recorded path
-there, then its file name), its recorded path (relative to the working directory),
-then the absolute path generate recorded (`resolved`).
+there, then its file name), the absolute path generate recorded (`resolved`), then the
+recorded path relative to the working directory; the first that passes the check is used.
 """
 
 from __future__ import annotations
@@ -40,43 +40,80 @@ def by_reference(provenance) -> bool:
 
 
 def _candidates(source: dict, source_root: str | None) -> list[Path]:
+    """Where to look, in order: below --source-root, the absolute path generate recorded,
+    then the recorded path (relative to this directory, so only a guess from elsewhere)."""
     recorded = Path(source["path"])
     found = []
     if source_root is not None:
         root = Path(source_root)
         found += [root / recorded] if not recorded.is_absolute() else []
         found.append(root / recorded.name)
-    found.append(recorded)
     if source.get("resolved"):
         found.append(Path(source["resolved"]))
+    found.append(recorded)
     return list(dict.fromkeys(found))
 
 
+# Files hashed in this process: {(path, size, mtime_ns): sha256}. `train --eval` of the
+# set it trains on, and a reader opened twice, hash each source once.
+_HASHED: dict[tuple, str] = {}
+
+
+def _problem(path: Path, source: dict, check_content: bool) -> str | None:
+    """Why `path` is not the source the set was made from, or None."""
+    stat = path.stat()
+    if check_content:
+        key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+        digest = _HASHED.get(key) or _HASHED.setdefault(key, file_sha256(path))
+        if digest != source["fingerprint"]:
+            return f"sha256 is now {digest[:12]}... but was {source['fingerprint'][:12]}..."
+        return None
+    if "bytes" in source and stat.st_size != source["bytes"]:
+        return f"size is now {stat.st_size:,} bytes but was {source['bytes']:,}"
+    rows = open_source(path).metadata.num_rows
+    if rows != source.get("rows"):
+        return f"row count is now {rows:,} but was {source.get('rows')!r}"
+    return None
+
+
 def locate_sources(provenance, where: str, source_root: str | None = None, check_content: bool = True) -> dict[str, str]:
-    """{recorded path: the file that holds it now} for every source of a reference set,
-    each checked against the provenance (sha256, or the row count without `check_content`)."""
+    """{recorded path: the absolute path of the file that holds it now} for every source
+    of a reference set: the first candidate that passes the check (sha256; or, without
+    `check_content`, the size and row count generate recorded)."""
     located = {}
     for source in provenance.sources:
         looked = _candidates(source, source_root)
-        path = next((p for p in looked if p.is_file()), None)
-        if path is None:
+        existing = [p for p in looked if p.is_file()]
+        if not existing:
             hint = "pass --source-root DIR (a folder that holds it)" if source_root is None else "check --source-root"
             raise UserError(f"{where} takes its inputs by reference from {source['path']!r}, which is not at "
                             f"{' or '.join(str(p) for p in looked)}; restore the file or {hint}")
-        if check_content:
-            digest = file_sha256(path)
-            if digest != source["fingerprint"]:
-                raise UserError(f"{where} takes its inputs by reference from {path}, whose sha256 is now {digest[:12]}... "
-                                f"but was {source['fingerprint'][:12]}... when the set was generated: the source changed; "
-                                f"restore the original file (or point --source-root at it), or generate the set again")
-        else:
-            rows = open_source(path).metadata.num_rows
-            if rows != source.get("rows"):
-                raise UserError(f"{where} takes its inputs by reference from {path}, which now has {rows:,} rows "
-                                f"but had {source.get('rows')!r} when the set was generated: the source changed; "
-                                f"restore the original file, or generate the set again")
-        located[source["path"]] = str(path)
+        problems = [(p, _problem(p, source, check_content)) for p in existing]
+        good = next((p for p, problem in problems if problem is None), None)
+        if good is None:
+            path, problem = problems[0]
+            how = " (or point --source-root at it)" if check_content else ""
+            raise UserError(f"{where} takes its inputs by reference from {path}, whose {problem} when the set was generated: "
+                            f"the source changed; restore the original file{how}, or generate the set again")
+        located[source["path"]] = str(good.resolve())
     return located
+
+
+def check_references(manifest, located: dict[str, str]) -> None:
+    """Every shard row names a listed source and a row inside it (verify's check; two small
+    columns per shard)."""
+    rows = {s["path"]: s["rows"] for s in manifest.provenance.sources}
+    for path in manifest.shard_paths():
+        table = pq.read_table(path, columns=[_SOURCE, SOURCE_ROW])
+        for name in pc.unique(table.column(_SOURCE)).to_pylist():
+            if name not in located:
+                raise UserError(f"{path} names source {name!r}, which the set's provenance does not list; "
+                                f"run `transferset verify {manifest.directory} --drop-bad` and rerun its generate")
+            mine = pc.filter(table.column(SOURCE_ROW), pc.equal(table.column(_SOURCE), name))
+            bounds = pc.min_max(mine).as_py()
+            if bounds["min"] < 0 or bounds["max"] >= rows[name]:
+                raise UserError(f"{path} refers to rows {bounds['min']:,}..{bounds['max']:,} of {name!r}, which has {rows[name]:,}; "
+                                f"run `transferset verify {manifest.directory} --drop-bad` and rerun its generate")
 
 
 def open_source(path) -> pq.ParquetFile:

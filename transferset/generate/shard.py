@@ -150,7 +150,8 @@ def encode_batch(taught: Taught) -> pa.RecordBatch:
     positions = taught.x.get(TARGET_MASK) if sequence_length(ctx.provenance) else None
     columns = {
         ID: taught.ids,
-        SOURCE: pa.array([job.source.path] * batch.num_rows, pa.string()),
+        # The path as the provenance records it: a rerun or another writer may spell it otherwise.
+        SOURCE: pa.array([ctx.provenance.sources[job.plan.source]["path"]] * batch.num_rows, pa.string()),
         LABEL: batch.column(ctx.cfg.label_column).cast(pa.int32()) if job.source.has_label else pa.nulls(batch.num_rows, pa.int32()),
         **_encode(ctx, taught.target, taught.member, positions, taught.params),
     }
