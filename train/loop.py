@@ -28,6 +28,7 @@ This module never imports `transferset.teachers`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -173,11 +174,14 @@ def _train_epoch(cfg: TrainConfig, data: TrainingData, state: TrainState, world:
     started = time.perf_counter()
     rows_left = max(data.source.num_rows - pos.batch_in_epoch * cfg.batch_size, 0)
     with progress(f"epoch {pos.epoch + 1}/{cfg.epochs}", rows_left, cfg.quiet or not world.is_main) as bar:
-        for batch in _batches(data.source, cfg, pos, world):
-            train_step(state, batch, cfg, data.temperature, world)
-            bar.advance(batch.global_rows or len(batch))
-            if cfg.checkpoint_every and pos.step % cfg.checkpoint_every == 0 and pos.batch_in_epoch < data.steps_per_epoch:
-                save()
+        # closing(): a step that raises stops a views set's producer thread here, not when the
+        # traceback is freed (train/prefetch.py), before the health-stop writes and barrier
+        with contextlib.closing(_batches(data.source, cfg, pos, world)) as batches:
+            for batch in batches:
+                train_step(state, batch, cfg, data.temperature, world)
+                bar.advance(batch.global_rows or len(batch))
+                if cfg.checkpoint_every and pos.step % cfg.checkpoint_every == 0 and pos.batch_in_epoch < data.steps_per_epoch:
+                    save()
     state.sums = distributed.sum_to_main(state.sums, world, data.num_classes)
     if world.is_main:
         record = _epoch_record(cfg, data, state, rows_left, time.perf_counter() - started)
