@@ -37,7 +37,7 @@ from transferset.errors import UserError
 from transferset.format.codecs import TargetCodec, get_codec, sequence_length
 from transferset.format.manifest import read_manifest
 from transferset.format.provenance import Provenance
-from transferset.format.references import SOURCE_ROW, by_reference, locate_sources
+from transferset.format.references import SOURCE_ROW, by_reference, input_bytes_per_row, locate_sources
 from transferset.format.schema import LABEL
 from transferset.format.shards import mixed_shards_message, shard_mismatch
 from transferset.inputs import InputSpec
@@ -118,7 +118,7 @@ class StreamSource:
                           source_root: str | None = None, check_sources: bool = True) -> "StreamSource":
         """`window_rows`, when given, sizes the shuffle window in rows instead of bytes. A set
         with its inputs by reference finds its sources (`source_root` first) and checks them:
-        sha256, or with `check_sources` False (train --no-verify) their row counts."""
+        sha256, or with `check_sources` False (train --no-verify) their size and row count."""
         manifest = read_manifest(directory)
         provenance = manifest.provenance
         spec = InputSpec.from_dict(provenance.input)
@@ -129,7 +129,7 @@ class StreamSource:
             for path in references.values():
                 pf = open_parquet(path)
                 spec.check_field(pf.schema_arrow, f"source {path}")
-                joined_bytes = max(joined_bytes, _input_bytes_per_row(pf, spec))
+                joined_bytes = max(joined_bytes, input_bytes_per_row(pf, spec.columns))
         num_classes = manifest.num_classes
         row_groups, columns = [], None
         for record, path in zip(manifest.shards, manifest.shard_paths()):
@@ -289,25 +289,6 @@ class StreamSource:
             inputs = rows.inputs
         return Batch(inputs, rows.labels, rows.targets, {name: extra_value(rows.extra.column(name)) for name in extra}, self.per_token,
                      global_rows)
-
-
-# Bytes of one Parquet value by physical type, as a copy set's input columns count them
-# (uint8 pixels are INT32: 4). Byte arrays (encoded images, text) count their footer size.
-_PHYSICAL_BYTES = {"BOOLEAN": 1, "INT32": 4, "FLOAT": 4, "INT64": 8, "DOUBLE": 8, "INT96": 12}
-
-
-def _input_bytes_per_row(pf, spec: InputSpec) -> int:
-    """Bytes per row of a source's input columns, counted as a copy set's row groups count
-    them (values x physical width, from the footer), to size a reference set's windows."""
-    meta, total = pf.metadata, 0
-    for g in range(meta.num_row_groups):
-        group = meta.row_group(g)
-        for c in range(group.num_columns):
-            chunk = group.column(c)
-            if chunk.path_in_schema.split(".")[0] in spec.columns:
-                width = _PHYSICAL_BYTES.get(chunk.physical_type)
-                total += chunk.num_values * width if width else chunk.total_uncompressed_size
-    return -(-total // max(meta.num_rows, 1))
 
 
 class StreamDataset(torch.utils.data.IterableDataset):

@@ -116,6 +116,25 @@ def check_references(manifest, located: dict[str, str]) -> None:
                                 f"run `transferset verify {manifest.directory} --drop-bad` and rerun its generate")
 
 
+# Bytes of one Parquet value by physical type, as a copy set's input columns count them
+# (uint8 pixels are INT32: 4). Byte arrays (encoded images, text) count their footer size.
+_PHYSICAL_BYTES = {"BOOLEAN": 1, "INT32": 4, "FLOAT": 4, "INT64": 8, "DOUBLE": 8, "INT96": 12}
+
+
+def input_bytes_per_row(pf: pq.ParquetFile, columns) -> int:
+    """Bytes per row of a source's input columns, counted as a copy set's row groups count
+    them (values x physical width, from the footer), to size a reference set's shuffle windows (train/stream.py)."""
+    meta, total = pf.metadata, 0
+    for g in range(meta.num_row_groups):
+        group = meta.row_group(g)
+        for c in range(group.num_columns):
+            chunk = group.column(c)
+            if chunk.path_in_schema.split(".")[0] in columns:
+                width = _PHYSICAL_BYTES.get(chunk.physical_type)
+                total += chunk.num_values * width if width else chunk.total_uncompressed_size
+    return -(-total // max(meta.num_rows, 1))
+
+
 def open_source(path) -> pq.ParquetFile:
     try:
         return pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20, page_checksum_verification=True)
