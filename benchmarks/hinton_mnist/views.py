@@ -130,8 +130,10 @@ def run_online(p: run.Protocol, work: Path, seed: int, device: str, threads: int
         if done.returncode:
             raise RuntimeError(f"online arm, seed {seed}, failed (exit {done.returncode}); log: {log}")
         print(f"online s{seed}: {seconds:.1f} s", file=sys.stderr, flush=True)
+    epochs = out / "epochs.json"  # the arm's own per-epoch seconds (its process also loads data and teachers)
+    epoch_seconds = sum(json.loads(epochs.read_text())) if epochs.exists() else None
     accuracy = bench.test_accuracy(str(student), work / "data" / "test.parquet", device, tuple(int(h) for h in p.student_hidden.split(",")))
-    return {**_accuracy_errors(accuracy, run_rows(p.test_rows)), "seconds": seconds, "log": str(log)}
+    return {**_accuracy_errors(accuracy, run_rows(p.test_rows)), "seconds": seconds, "epoch_seconds": epoch_seconds, "log": str(log)}
 
 
 def run_rows(rows: str) -> int:
@@ -140,6 +142,27 @@ def run_rows(rows: str) -> int:
 
 
 # -- results ---------------------------------------------------------------------------------------------------------
+
+
+def column_bytes(directory: Path, compressed: bool = True) -> dict[str, int]:
+    """Bytes per column (leaf path) over the set's Parquet files, on disk or before compression: a set also
+    stores its rows' inputs (`pixels`) and, with --keep-teacher-logits, every member's logits."""
+    import pyarrow.parquet as pq
+
+    sizes: dict[str, int] = {}
+    for path in sorted(directory.glob("*.parquet")):
+        meta = pq.ParquetFile(path).metadata
+        for g in range(meta.num_row_groups):
+            for c in range(meta.num_columns):
+                column = meta.row_group(g).column(c)
+                size = column.total_compressed_size if compressed else column.total_uncompressed_size
+                sizes[column.path_in_schema] = sizes.get(column.path_in_schema, 0) + size
+    return sizes
+
+
+def target_bytes(columns: dict[str, int]) -> int:
+    """The combined targets and the views' params (not the inputs, ids, labels or kept member logits)."""
+    return sum(b for c, b in columns.items() if c.split(".")[0] in ("logits", "view_params"))
 
 
 def build_results(runner: Runner, p: run.Protocol, work: Path, seeds: list[int], views: list[int], long_epochs: int,
@@ -161,8 +184,11 @@ def build_results(runner: Runner, p: run.Protocol, work: Path, seeds: list[int],
             return
         if set_name:  # what the targets cost: the set's Parquet on disk and `inspect`'s uncompressed target bytes
             info = runner.output(f"inspect-{set_name}")
-            extra.update(bytes_per_view=info["bytes"] / (train_rows * views_per_row),
-                         target_bytes_per_view=info["target_bytes_per_row"] / views_per_row,
+            columns, views = column_bytes(work / "transfer" / set_name), train_rows * views_per_row
+            extra.update(bytes_per_view=info["bytes"] / views,  # the whole set, inputs included
+                         target_bytes_per_view=target_bytes(columns) / views,
+                         uncompressed_target_bytes_per_view=target_bytes(column_bytes(work / "transfer" / set_name, False)) / views,
+                         column_bytes_per_row={c: b / train_rows for c, b in columns.items()},
                          teacher_logits_kept=info["teacher_logits_kept"])
         add(key, label, per_seed, **extra)
 
@@ -172,7 +198,8 @@ def build_results(runner: Runner, p: run.Protocol, work: Path, seeds: list[int],
         cli_row(views_name(v), views_name(v), f"{v} stored views per image, {AUGMENT}", v, views_name(v))
     if online:
         add("online", "online: teachers live, fresh jitter every batch (the ceiling)", {s: o["errors"] for s, o in online.items()},
-            seconds={f"seed-{s}": o["seconds"] for s, o in online.items()})
+            seconds={f"seed-{s}": o["seconds"] for s, o in online.items()},  # None: trained by an earlier run
+            epoch_seconds={f"seed-{s}": o["epoch_seconds"] for s, o in online.items()})
     if long_epochs and views:
         name = f"{views_name(views[0])}-e{long_epochs}"
         cli_row(name, name, f"{views[0]} stored views, {long_epochs} epochs (longer budget)", views[0], views_name(views[0]),
@@ -188,12 +215,12 @@ def build_results(runner: Runner, p: run.Protocol, work: Path, seeds: list[int],
 def render_markdown(results: dict) -> str:
     t, e = results["teachers"], results["ensemble_geometric"]
     lines = [f"teachers (test errors of {results['test_rows']:,}): {', '.join(map(str, t))} (mean {sum(t) / len(t):.1f}); geometric ensemble {e}", "",
-             "| targets | test errors, mean ± sd | per seed | gap closed vs mean teacher | vs ensemble | bytes/view on disk (targets alone) |",
+             "| targets | test errors, mean ± sd | per seed | gap closed vs mean teacher | vs ensemble | target + params B/view on disk (uncompressed) |",
              "|---|---|---|---|---|---|"]
     for row in results["rows"].values():
         s = row["errors"]
         per_seed = ", ".join(str(v) for v in row["per_seed"].values())
-        b = f"{row['bytes_per_view']:.1f} ({row['target_bytes_per_view']:g})" if "bytes_per_view" in row else ""
+        b = f"{row['target_bytes_per_view']:.1f} ({row['uncompressed_target_bytes_per_view']:.1f})" if "bytes_per_view" in row else ""
         g = row["gap_closed"]
         lines.append(f"| {row['label']} | {s['mean']:.1f} ± {s['sd']:.1f} | {per_seed} | {100 * g['mean single teacher']:.0f}% "
                      f"| {100 * g['geometric ensemble']:.0f}% | {b} |")
