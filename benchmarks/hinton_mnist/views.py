@@ -41,7 +41,7 @@ sys.path[:0] = [str(HERE), str(HERE.parent)]
 
 import run  # noqa: E402
 from report import _accuracy_errors, summary  # noqa: E402
-from runner import Runner, Task  # noqa: E402
+from runner import Done, Runner, Task  # noqa: E402
 
 AUGMENT = "shift(2)"  # Hinton et al.'s "jittered by up to two pixels" (transferset/views/grammar.py)
 BASE_TASKS = ("convert-train", "convert-val", "convert-test", "generate-geo", "generate-test_geometric", "inspect-test_geometric")
@@ -227,6 +227,24 @@ def render_markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def load_logged(runner: Runner) -> None:
+    """Fill `runner.done` from the logs of the commands that finished in its --work (the latest log of each
+    task: its seconds and, for evaluations, its JSON), so --report-only rebuilds the results without running anything."""
+    for log in sorted(runner.logs.glob("*.log")):
+        index, _, name = log.stem.partition("-")
+        text = log.read_text()
+        if not index.isdigit() or "# exit 0 after " not in text:  # the online arm's logs; failed commands
+            continue
+        seconds = float(text.split("# exit 0 after ", 1)[1].split(" s", 1)[0])
+        stdout = text.split("## stdout\n", 1)[1].split("\n## stderr\n", 1)[0]
+        try:
+            output = json.loads(stdout)
+        except ValueError:  # train, generate, convert: no JSON on stdout
+            output = None
+        stage = {"eval": "evaluate", "inspect": "evaluate", "generate": "generate", "convert": "convert", "teacher": "train teachers"}
+        runner.done[name] = Done(Task(name, [], stage.get(name.split("-")[0], "train students")), seconds, 0.0, output, str(log))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--protocol", choices=sorted(run.PROTOCOLS), default="cpu", help="run.py's protocol (default: cpu)")
@@ -240,13 +258,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=1, help="CLI commands at once (default: 1)")
     ap.add_argument("--threads", type=int, default=1, help="OMP/MKL threads per command (default: 1)")
     ap.add_argument("--resume", action="store_true", help="continue an existing --work (see run.py --resume)")
+    ap.add_argument("--report-only", action="store_true",
+                    help="rebuild results.json / results.md of an existing --work from its logs and finished online students; run nothing")
     args = ap.parse_args(argv)
 
     p = run.PROTOCOLS[args.protocol]
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     views = [int(v) for v in args.views.split(",") if v.strip()]
     work = args.work.resolve()
-    if (work / "commands.txt").exists() and not args.resume:
+    if args.report_only and not (work / "commands.txt").exists():
+        ap.error(f"--report-only needs a --work that holds a run; {work} does not")
+    if (work / "commands.txt").exists() and not (args.resume or args.report_only):
         ap.error(f"--work {work} already holds a run; pass --resume to continue it or choose another --work")
     work.mkdir(parents=True, exist_ok=True)
     runner = Runner(work, jobs=args.jobs, threads=args.threads, resume=args.resume)
@@ -258,10 +280,18 @@ def main(argv: list[str] | None = None) -> int:
     def report(stage: str) -> None:
         results = build_results(runner, p, work, seeds, views, args.long_epochs, online)
         results["settings"].update(protocol=args.protocol, device=args.device, jobs=args.jobs, threads=args.threads, stage=stage)
+        results["commands"] = (work / "commands.txt").read_text().splitlines()  # every CLI command, as run (resumed runs append)
         (work / "results.json").write_text(json.dumps(results, indent=1, sort_keys=True))
         (work / "results.md").write_text(markdown := render_markdown(results))
         print(f"\n[{stage}]\n{markdown}", flush=True)
 
+    if args.report_only:  # what has finished so far (the online arm: only seeds whose student.pt exists)
+        load_logged(runner)
+        for s in [] if args.no_online else seeds:
+            if (work / "online" / f"seed-{s}" / "student.pt").exists():
+                online[s] = run_online(p, work, s, args.device, args.threads, resume=True)
+        report("report-only, from the logs")
+        return 0
     try:  # the same-budget table first (first views set, online), then the extras: more views, the longer budget
         runner.run(base_plan(p, work, mnist, seeds, args.device) + views_plan(p, work, mnist, seeds, views[0], args.device))
         report("one target, first views set")
