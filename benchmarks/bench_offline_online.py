@@ -93,14 +93,18 @@ def build_parser() -> argparse.ArgumentParser:
 def online_arm(spec_path: Path) -> None:
     """Train the student with the teachers in the loop; save its state dict.
 
-    spec: the JSON the parent wrote (teachers, data, hyper-parameters, out)."""
+    spec: the JSON the parent wrote (teachers, data, hyper-parameters, out). Optional keys
+    (benchmarks/hinton_mnist/views.py's online arm): `hidden` (default 800,800),
+    `jitter` N (each batch shifted by up to N pixels, drawn per step, before both the
+    teachers and the student see it: the teachers label the very view the student
+    trains on), `grad_clip` and `warmup_steps` (the CLI's --grad-clip, --warmup-steps)."""
     import pyarrow.parquet as pq
     import torch
 
     from train import order
     from train.losses import distillation_loss
     from train.optim import build_optimizer, build_scheduler
-    from train.students import build_student
+    from train.students import build_student, jitter_images
     from transferset.combine import combine, normalised_weights
     from transferset.inputs import InputSpec
 
@@ -120,9 +124,11 @@ def online_arm(spec_path: Path) -> None:
     steps_per_epoch = -(-n // batch_size)
 
     torch.manual_seed(seed)  # as train/state.py seeds just before building the student: same init
-    model = build_student(STUDENT, {"hidden": (800, 800)}, 10, (1, 28, 28)).to(device)
+    model = build_student(STUDENT, {"hidden": tuple(spec.get("hidden", (800, 800)))}, 10, (1, 28, 28)).to(device)
     optimizer = build_optimizer(model, "sgd", lr=spec["lr"], momentum=spec["momentum"], weight_decay=0.0)
-    scheduler = build_scheduler(optimizer, total_steps=epochs * steps_per_epoch, warmup_steps=0)
+    scheduler = build_scheduler(optimizer, total_steps=epochs * steps_per_epoch, warmup_steps=spec.get("warmup_steps", 0))
+    jitter, grad_clip = spec.get("jitter", 0), spec.get("grad_clip")
+    shifts = torch.Generator().manual_seed(seed)  # the jitter's draws: one stream, a pure function of the seed
     model.train()
     epoch_seconds = []
     for epoch in range(epochs):
@@ -132,12 +138,15 @@ def online_arm(spec_path: Path) -> None:
         for lo in range(0, n, batch_size):
             idx = perm[lo : lo + batch_size]
             x, y = x_all.index_select(0, idx), y_all.index_select(0, idx)  # [B, 1, 28, 28], [B]
+            x = jitter_images(x, jitter, shifts)  # the same shifted view for the teachers and the student (no-op at 0)
             with torch.inference_mode():
                 members = torch.stack([teacher(x) for teacher in teachers])  # [K, B, C]
                 target = combine(members, spec["combine"], temperature, weights)  # [B, C] float32
             loss, _ = distillation_loss(model(x), target, y, alpha=alpha, temperature=temperature)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
             optimizer.step()
             scheduler.step()
         seconds = time.perf_counter() - started
@@ -237,7 +246,7 @@ def run_online(args, work: Path, train_pq: Path, teachers: list[Path]) -> dict:
     return {"total_s": seconds, "cpu_s": cpu, "epochs_s": sum(epoch_s), "epoch_median_s": statistics.median(epoch_s), "student": spec["out"]}
 
 
-def test_accuracy(state_dict_path: str, test_pq: Path, device: str) -> float:
+def test_accuracy(state_dict_path: str, test_pq: Path, device: str, hidden: tuple[int, ...] = (800, 800)) -> float:
     """What `transferset eval` measures, for a state dict of the 784-800-800-10 student."""
     import torch
 
@@ -246,7 +255,7 @@ def test_accuracy(state_dict_path: str, test_pq: Path, device: str) -> float:
     from train.students import build_student
     from transferset.inputs import InputSpec
 
-    model = build_student(STUDENT, {"hidden": (800, 800)}, 10, (1, 28, 28))
+    model = build_student(STUDENT, {"hidden": tuple(hidden)}, 10, (1, 28, 28))
     model.load_state_dict(torch.load(state_dict_path, map_location="cpu", weights_only=True))
     source = open_eval_data(str(test_pq), InputSpec(columns=("pixels",), shape=(1, 28, 28), scale=1 / 255), "label", 10)
     batches = source.epoch(batch_size=1024, seed=0, epoch=0, shuffle=False)
