@@ -39,9 +39,19 @@ def input_spec_from_flags(args: argparse.Namespace):
     )
 
 
-def add_threads_flag(group) -> None:
+def add_threads_flag(group, default_help: str = "torch's choice") -> None:
     group.add_argument("--threads", type=int, metavar="N",
-                       help="CPU threads for torch (default: torch's choice; use 1 per process when several share few cores)")
+                       help=f"CPU threads for torch (default: {default_help}; use 1 per process when several share few cores)")
+
+
+def cores_but_one() -> int:
+    """generate's default torch threads: every core this process may use but one, which its
+    reader and writer threads need. torch's default (every core) made them fight the teachers'
+    OpenMP threads: on 2 cores generate ran 1.7-1.8x slower (docs/benchmarks.md)."""
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores - 1)
 
 
 def apply_threads(threads: int | None) -> None:

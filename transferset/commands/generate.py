@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from transferset.commands.flags import add_input_flags, add_threads_flag, apply_threads, warn_license
+from transferset.commands.flags import add_input_flags, add_threads_flag, apply_threads, cores_but_one, warn_license
 
 HELP = "run a teacher ensemble over Parquet sources and write a transfer set"
 
@@ -96,7 +96,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--devices", metavar="D,D,...",
                    help="one process per device, e.g. cuda:0,cuda:1 (cpu,cpu for CPU processes): disjoint shards, one set")
     g.add_argument("--precision", default="fp32", help="teacher precision: fp32, bf16 or fp16 (CUDA); targets are always combined in float32 (default: fp32)")
-    add_threads_flag(g)
+    add_threads_flag(g, "every core but one, which the reader and writer threads use")
     g.add_argument("--batch-size", type=int, help="rows per teacher batch (default: 1024)")
     g.add_argument("--max-tokens-per-batch", type=int, metavar="N",
                    help="for a token source: rows per teacher batch by token budget, N // (tokens per row)")
@@ -190,7 +190,7 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.devices:
         return _run_per_device(args)
-    apply_threads(args.threads)
+    apply_threads(args.threads if args.threads is not None else cores_but_one())
     from transferset.views.expand import views_options
 
     target_kind, target_options = views_options(args.views, args.augment, args.augment_seed, *parse_targets(args.targets))
