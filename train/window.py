@@ -3,10 +3,12 @@
 stream.py plans which windows an epoch reads (order.py) and cuts batches out of
 them; this module does the reading and the conversion. For each window the reader
 
-* reads its row groups one at a time (`read_window`) (`read_row_group`, never a whole file; files
-  opened with `pre_buffer=False`: the default pre-buffering holds about the whole
-  file in memory, measurements on these machines);
-* converts each row group once into the window's tensors: inputs with the set's
+* reads its row groups one at a time (`read_window`), each in parts of ~PART_BYTES
+  (`_row_group_parts`; never a whole file; files opened with `pre_buffer=False`: the
+  default pre-buffering holds about the whole file in memory, measurements on these
+  machines); a set made with `--inputs reference` reads each part's inputs from its
+  source rows (`SourceJoin`, transferset/format/references.py);
+* converts each part once into the window's tensors: inputs with the set's
   `InputSpec` (the conversion the teachers saw) to float32 [rows, *shape], or kept as
   their stored 8/16-bit integers (a quarter of the bytes for uint8 pixels) and converted
   per batch by stream.py (token inputs: int64 [rows, 3, L], `pack_tokens`), target
