@@ -216,3 +216,13 @@ def test_the_recorded_spelling_and_path_win_over_this_directorys_files(tmp_path,
         reference = StreamSource.open_transfer_set(tmp_path / "reference", window_rows=100, check_sources=check)
         batches = [b.inputs for b in reference.epoch(batch_size=33, seed=5, epoch=0)]
         assert all(torch.equal(a[0], b) for a, b in zip(copy, batches))
+
+
+def test_views_sets_replay_the_joined_inputs(made, tmp_path):
+    views = ["--views", "3", "--augment", "shift(1)"]
+    for mode in ("copy", "reference"):
+        run_in_process("generate", *BASE, *views, "--source", made / "lab.parquet", "--inputs", mode, "--out", tmp_path / mode, check=True)
+    copy, reference = _batches(tmp_path / "copy"), _batches(tmp_path / "reference")
+    assert len(copy) == len(reference)
+    for (xa, ya, ta), (xb, yb, tb) in zip(copy, reference):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb) and all(torch.equal(ta[k], tb[k]) for k in ta)
