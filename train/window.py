@@ -135,14 +135,19 @@ def _row_group_parts(pf: pq.ParquetFile, ref: RowGroup, names: list[str]) -> Ite
     """One row group's columns as consecutive tables of about PART_BYTES each."""
     rows = max(PART_MIN_ROWS, min(ref.rows, PART_BYTES * ref.rows // max(ref.nbytes, 1)))
     batches = pf.iter_batches(batch_size=rows, row_groups=[ref.index], columns=names, use_threads=False)
-    while True:
-        try:  # only the read is guarded: an error of the caller's, raised at the yield, is its own
-            batch = next(batches, None)
-        except (pa.ArrowException, OSError, ValueError) as error:
-            raise UserError(f"{ref.path}: row group {ref.index} cannot be read ({first_line(error)}); the file is damaged or truncated: restore or regenerate it") from None
-        if batch is None:
-            return
-        yield pa.Table.from_batches([batch])
+    try:
+        while True:
+            try:  # only the read is guarded: an error of the caller's, raised at the yield, is its own
+                batch = next(batches, None)
+            except (pa.ArrowException, OSError, ValueError) as error:
+                raise UserError(f"{ref.path}: row group {ref.index} cannot be read ({first_line(error)}); the file is damaged or truncated: restore or regenerate it") from None
+            if batch is None:
+                return
+            yield pa.Table.from_batches([batch])
+    finally:
+        # Arrow's reader released now, not at interpreter shutdown, where a reader that
+        # outlived Arrow's pools can abort the process (apache/arrow#34314)
+        batches.close()
 
 
 def _set_positions(window: order.Window, row_groups: list[RowGroup]) -> torch.Tensor:
