@@ -12,7 +12,8 @@ from helpers_transferset import make_transfer_set, write_labelled  # tests/ is o
 
 from train import order
 from train.batch import Batch
-from train.stream import StreamDataset, StreamSource
+from train.stream import StreamSource
+from train.workers import StreamDataset
 from train.world import World
 from transferset.errors import UserError
 from transferset.inputs import InputSpec

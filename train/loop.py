@@ -46,7 +46,8 @@ from train.metrics import EpochTable, MetricsLog, evaluate_sources
 from train.state import Position, TrainState, build_state, zero_sums
 from train.step import train_step
 from train.batch import Batch
-from train.stream import StreamDataset, StreamSource
+from train.stream import StreamSource
+from train.workers import StreamDataset
 from train.world import World
 from transferset import ownership
 from transferset.errors import UserError

@@ -280,7 +280,9 @@ def main(argv: list[str] | None = None) -> int:
     def report(stage: str) -> None:
         results = build_results(runner, p, work, seeds, views, args.long_epochs, online)
         results["settings"].update(protocol=args.protocol, device=args.device, jobs=args.jobs, threads=args.threads, stage=stage)
-        results["commands"] = (work / "commands.txt").read_text().splitlines()  # every CLI command, as run (resumed runs append)
+        # every CLI command, as run (resumed runs append), with this machine's paths named as the README does
+        results["commands"] = [line.replace(str(mnist), "../shared/datasets/mnist").replace(str(work), "$WORK")
+                               for line in (work / "commands.txt").read_text().splitlines()]
         (work / "results.json").write_text(json.dumps(results, indent=1, sort_keys=True))
         (work / "results.md").write_text(markdown := render_markdown(results))
         print(f"\n[{stage}]\n{markdown}", flush=True)
