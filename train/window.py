@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 import torch
 
 from train import order
+from transferset import io
 from transferset.errors import UserError, first_line
 from transferset.format.references import SOURCE_ROW, SourceJoin
 from transferset.format.schema import SOURCE
@@ -40,8 +41,6 @@ if TYPE_CHECKING:
     from transferset.format.codecs import TargetCodec
     from transferset.format.provenance import Provenance
 
-_READ_BUFFER = 1 << 20
-
 
 @dataclass(frozen=True)
 class RowGroup:
@@ -52,12 +51,8 @@ class RowGroup:
 
 
 def open_parquet(path: str) -> pq.ParquetFile:
-    """Every page's CRC32 is checked where the writer stored one (shards since page
-    checksums were added; files without them read as before)."""
-    try:
-        return pq.ParquetFile(path, pre_buffer=False, buffer_size=_READ_BUFFER, page_checksum_verification=True)
-    except (pa.ArrowException, OSError, ValueError) as error:
-        raise UserError(f"{path} cannot be read as Parquet ({first_line(error)}); the file is damaged or truncated: restore or regenerate it") from None
+    """A shard or data file, streamed with its page checksums checked (transferset/io.py)."""
+    return io.open_parquet(path, "the file is damaged or truncated: restore or regenerate it")
 
 
 def read_window(window: order.Window, extra: tuple, *, row_groups: list[RowGroup], input_spec: InputSpec, label_column: str,

@@ -33,6 +33,7 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -297,8 +298,10 @@ def main(argv: list[str] | None = None) -> int:
     try:  # the same-budget table first (first views set, online), then the extras: more views, the longer budget
         runner.run(base_plan(p, work, mnist, seeds, args.device) + views_plan(p, work, mnist, seeds, views[0], args.device))
         report("one target, first views set")
-        for s in [] if args.no_online else seeds:
-            online[s] = run_online(p, work, s, args.device, args.threads, args.resume)
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # one process per seed, --jobs at once
+            futures = {s: pool.submit(run_online, p, work, s, args.device, args.threads, args.resume)
+                       for s in ([] if args.no_online else seeds)}
+            online.update({s: f.result() for s, f in futures.items()})
         report("same budget, all arms")
         if views[1:] or args.long_epochs:
             long = views_plan(p, work, mnist, seeds, views[0], args.device, args.long_epochs, generate=False) if args.long_epochs else []

@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from transferset.errors import UserError, first_line
-from transferset.io import file_sha256
+from transferset.io import file_sha256, open_parquet
 
 REFERENCE = "reference"
 SOURCE_ROW = "source_row"
@@ -136,10 +136,7 @@ def input_bytes_per_row(pf: pq.ParquetFile, columns) -> int:
 
 
 def open_source(path) -> pq.ParquetFile:
-    try:
-        return pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20, page_checksum_verification=True)
-    except (pa.ArrowException, OSError, ValueError) as error:
-        raise UserError(f"source {path} cannot be read as Parquet ({first_line(error)}); restore the file") from None
+    return open_parquet(path, "restore the source file")
 
 
 class SourceJoin:

@@ -21,7 +21,7 @@ from transferset.errors import UserError
 from transferset.format.codecs import get_codec
 from transferset.format.manifest import ShardRecord, shard_name
 from transferset.format.schema import LABEL, LOGITS, TEACHER_LOGITS, parquet_options
-from transferset.io import write_failure
+from transferset.io import open_parquet, write_failure
 from transferset.recombine.plan import Plan
 from transferset.writer import publish_shard, temp_path
 
@@ -39,7 +39,7 @@ class ShardJob:
 def recombine_shard(job: ShardJob, advance: Callable[[int], None] = lambda rows: None) -> ShardRecord:
     """Write one output shard and publish it (temp file, fsync, rename, record)."""
     path = job.plan.source.directory / job.record.path
-    source = pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20, page_checksum_verification=True)
+    source = open_parquet(path, f"the shard is damaged: run `transferset verify {job.plan.source.directory} --drop-bad` and rerun its generate")
     columns = [name for name in source.schema_arrow.names if _needed(name, job.plan)]
     tmp = temp_path(job.out, job.record.index)
     rows = labelled = 0
