@@ -147,3 +147,22 @@ def test_report_aggregates_seeds_and_the_gap_closed(tmp_path):
     assert "| 146 | 35.0 ± 7.1 (30, 40) |" in table
     assert "**58%**" in table  # 14 / 24
     assert "seed-0: 2, seed-1: 2" in table
+
+
+@pytest.mark.parametrize("protocol", ["cpu", "cpu-cnn", "paper", "smoke"])
+def test_each_protocols_teacher_flags_build_a_teacher(protocol):
+    """The flags run.py passes to `train` for the teachers name a student and arguments that exist."""
+    import torch
+    from train.students import build_student, parse_student_args
+
+    sys.path.insert(0, str(SCRIPT_DIR))
+    try:
+        from run import PROTOCOLS
+    finally:
+        sys.path.remove(str(SCRIPT_DIR))
+    argv = PROTOCOLS[protocol].teacher_args()
+    spec = argv[argv.index("--student") + 1] if "--student" in argv else "train.students:mlp"
+    student_args = parse_student_args([argv[i + 1] for i, flag in enumerate(argv) if flag == "--student-arg"])
+    teacher = build_student(spec, student_args, 10, (1, 28, 28))
+    assert teacher(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    assert any(isinstance(m, torch.nn.Conv2d) for m in teacher.modules()) == (protocol == "cpu-cnn")

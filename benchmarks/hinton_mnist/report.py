@@ -59,7 +59,8 @@ def build_results(runner, settings: dict[str, Any], students: dict[str, tuple], 
     inspected = {c: runner.output(f"inspect-test_{c}") for c in ("geometric", "arithmetic")}
     n = inspected["geometric"]["labelled_rows"]
     teachers = {f"teacher-{k}": _accuracy_errors(t["accuracy"], n) for k, t in enumerate(inspected["geometric"]["teachers"])}
-    add("teacher", f"teacher {settings['teacher_hidden'].replace(',', 'x')} ReLU, dropout + jitter {settings['teacher_jitter']} px "
+    net = "CNN 32-64 conv, " if settings.get("teacher_net") == "cnn" else ""
+    add("teacher", f"teacher {net}{settings['teacher_hidden'].replace(',', 'x')} ReLU, dropout + jitter {settings['teacher_jitter']} px "
         f"(each of {settings['teachers']})", teachers, PAPER["teacher"])
     for combine, summary_json in inspected.items():
         add(f"ensemble_{combine}", f"teacher ensemble, {combine} mean ({settings['teachers']} teachers)",
@@ -163,7 +164,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         f"{{{', '.join(f'{v:g}' for v in st['bias_grid'])}}}: {chosen}.",
         "",
         "Settings: "
-        f"train rows {st['train_rows']}, 3% subset {st['few_rows']}; {st['teachers']} teachers {st['teacher_hidden']} "
+        f"train rows {st['train_rows']}, 3% subset {st['few_rows']}; {st['teachers']} teachers {st.get('teacher_net', 'mlp')} {st['teacher_hidden']} "
         f"(dropout {st['teacher_dropout']:g}, input dropout {st['teacher_input_dropout']:g}, jitter {st['teacher_jitter']}, "
         f"{st['teacher_epochs']} epochs, lr {st['teacher_lr']:g}); students {st['student_hidden']} ({st['student_epochs']} epochs, "
         f"3% subset {st['few_epochs']} epochs, lr {st['student_lr']:g} hard / {st['distill_lr']:g} soft); "

@@ -2,6 +2,7 @@
 
     python benchmarks/hinton_mnist/run.py --protocol cpu --seeds 0,1 --work /tmp/hinton-cpu
     python benchmarks/hinton_mnist/run.py --protocol paper --device cuda --work /tmp/hinton-paper
+    python benchmarks/hinton_mnist/run.py --protocol cpu-cnn --seeds 0,1 --work /tmp/hinton-cnn   # CNN teachers
     python benchmarks/hinton_mnist/run.py --protocol smoke --work /tmp/hinton-smoke
 
 The study, as `transferset` commands (every one is logged to <work>/commands.txt):
@@ -247,7 +248,8 @@ def test_bias_tasks(runner: Runner, p: Protocol, work: Path, seeds: list[int], d
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--protocol", choices=sorted(PROTOCOLS), default="cpu", help="cpu (< 60 min on 2 cores), paper (GPU) or smoke (tiny)")
+    ap.add_argument("--protocol", choices=sorted(PROTOCOLS), default="cpu",
+                    help="cpu (< 60 min on 2 cores), cpu-cnn (cpu with CNN teachers), paper (GPU) or smoke (tiny)")
     ap.add_argument("--seeds", default="0,1", help="student seeds, comma-separated (default: 0,1)")
     ap.add_argument("--work", required=True, type=Path, help="working directory for data, runs, logs and results")
     ap.add_argument("--mnist", type=Path, default=DEFAULT_MNIST, help=f"folder with the four MNIST IDX .gz files (default: {DEFAULT_MNIST})")
