@@ -1,6 +1,6 @@
 """Where `transferset generate` spends its time, per row: each step timed alone.
 
-    python benchmarks/profile_generate.py [--rows 60000] [--threads 1] [--device cpu]   (~1 min on 2 cores)
+    python benchmarks/profile_generate.py [--rows 60000] [--threads 1] [--device cpu] [--waits]   (~1 min on 2 cores)
 
 Runs the steps `LocalEngine` overlaps (transferset/generate/engines.py, shard.py) one
 after the other in this process, on the same data and teachers as
@@ -19,6 +19,12 @@ Timed steps run with `--threads` torch threads (default 1, the steadiest on a sh
 machine); in a real run the reader and writer run on their own threads beside the
 teachers (on 2 cores they take CPU from them, so this sum is what overlap can hide at
 best). Nothing outside a temporary directory is written.
+
+Then, with `--waits`, one real run (`transferset generate` in this process, the
+LocalEngine's reader, teachers and writer threads overlapping) with the teachers' thread
+instrumented: its wall and CPU seconds in `label_batch` (teachers, combine, encode), and
+the seconds it waited for the reader's next batch and for the writer's queue. Waits are
+time the teachers could have been running.
 """
 
 from __future__ import annotations
@@ -45,12 +51,15 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--teacher-width", type=int, default=1200)
+    parser.add_argument("--waits", action="store_true", help="also one real run with the teachers' thread instrumented")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="profile-generate-") as tmp:
         work = Path(tmp)
         subprocess.run([sys.executable, str(HERE / "bench_vs_hf.py"), "--arm", "setup", "--work", str(work), "--sizes", str(args.rows),
                         "--teachers", "3", "--teacher-width", str(args.teacher_width)], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
         profile(args, work)
+        if args.waits:
+            waits(args, work)
 
 
 def profile(args: argparse.Namespace, work: Path) -> None:
@@ -134,6 +143,54 @@ def profile(args: argparse.Namespace, work: Path) -> None:
     teachers = spent["teachers"]
     print(f"\nper row, all but start-up: {per_row / n * 1e6:.1f} us, of which the teachers {teachers / n * 1e6:.1f} us "
           f"({teachers / per_row:.1%}); everything else is {(per_row - teachers) / teachers:.1%} of the teachers' time")
+
+
+def waits(args: argparse.Namespace, work: Path) -> None:
+    """One `generate` through the CLI in this process, the teachers' thread timed at its three calls."""
+    import cli
+    import transferset.generate.engines as engines
+    from bench_vs_hf import source_path, teacher_paths
+    from transferset.writer import ShardWriter
+
+    spent: dict[str, float] = defaultdict(float)
+    label_batch, prefetch, write = engines.label_batch, engines.prefetch, ShardWriter.write
+
+    def timed_label_batch(*item):
+        wall, cpu = time.perf_counter(), time.thread_time()
+        rows = label_batch(*item)
+        spent["label_batch (teachers, combine, encode): wall"] += time.perf_counter() - wall
+        spent["label_batch: CPU of the teachers' thread"] += time.thread_time() - cpu
+        return rows
+
+    def timed_prefetch(iterator, depth):
+        inner = prefetch(iterator, depth)
+        while True:
+            started = time.perf_counter()
+            item = next(inner, None)
+            spent["waiting for the reader's next batch"] += time.perf_counter() - started
+            if item is None:
+                return
+            yield item
+
+    def timed_write(self, *a):
+        started = time.perf_counter()
+        write(self, *a)
+        spent["waiting for the writer's queue"] += time.perf_counter() - started
+
+    engines.label_batch, engines.prefetch, ShardWriter.write = timed_label_batch, timed_prefetch, timed_write
+    teachers = [f for t in teacher_paths(work, 3) for f in ("--teacher", str(t))]
+    started = time.perf_counter()
+    try:
+        code = cli.main(["generate", *teachers, "--source", str(source_path(work, args.rows)), "--input-shape", "1,28,28",
+                         "--input-scale", "1/255", "--combine", "geometric", "-T", "4", "--batch-size", str(args.batch_size),
+                         "--threads", str(args.threads), "--device", args.device, "--out", str(work / "waits"), "--quiet"])
+    finally:
+        engines.label_batch, engines.prefetch, ShardWriter.write = label_batch, prefetch, write
+    assert code == 0, f"generate exited {code}"
+    spent["the whole command"] = time.perf_counter() - started
+    print(f"\none real generate, {args.rows:,} rows (the teachers' thread):\n\n| step | s |\n|---|---|")
+    for step, seconds in spent.items():
+        print(f"| {step} | {seconds:.2f} |")
 
 
 def _only(options: dict, name: str) -> dict:

@@ -154,10 +154,13 @@ def plan_shards(sources: list[SourceFile], shard_rows: int) -> list[ShardPlan]:
 def read_shard_rows(source: SourceFile, plan: ShardPlan, columns: list[str], batch_size: int) -> Iterator[tuple[int, pa.RecordBatch]]:
     """Yield (first row index, batch) over rows [plan.start, plan.stop) of one file.
 
-    Reads only the row groups that overlap the range, one at a time
-    (pre_buffer=False keeps memory at a row group, measurements on these machines), and re-cuts them
+    Reads only the row groups that overlap the range, streamed a batch at a time
+    (pre_buffer=False keeps memory at a batch, measurements on these machines), and re-cuts them
     into batches of exactly `batch_size` rows (the last may be shorter), so the
     batches, and with them the teachers' float results, are the same on every run.
+    Streamed, not a row group at a time: decoding a whole 32,768-row group took longer
+    than the prefetched batches lasted, so the teachers waited at every group boundary
+    (1.5 s of 40 at 240k MNIST rows, `benchmarks/profile_generate.py`).
     """
     f = pq.ParquetFile(source.path, pre_buffer=False, buffer_size=1 << 20)
     bounds = np.concatenate([[0], np.cumsum(source.row_group_rows)])
@@ -167,18 +170,35 @@ def read_shard_rows(source: SourceFile, plan: ShardPlan, columns: list[str], bat
         g_start, g_stop = int(bounds[g]), int(bounds[g + 1])
         if g_stop <= plan.start or g_start >= plan.stop:
             continue
-        table = f.read_row_group(g, columns=columns)
         lo, hi = max(plan.start, g_start) - g_start, min(plan.stop, g_stop) - g_start
-        table = table.slice(lo, hi - lo)
-        pending = table if pending is None else pa.concat_tables([pending, table])
-        offset = 0
-        while pending.num_rows - offset >= batch_size:
-            yield next_row, _one_batch(pending.slice(offset, batch_size))
-            offset += batch_size
-            next_row += batch_size
-        pending = pending.slice(offset)
+        for table in _row_group_slices(f, g, columns, lo, hi, batch_size):
+            pending = table if pending is None else pa.concat_tables([pending, table])
+            offset = 0
+            while pending.num_rows - offset >= batch_size:
+                yield next_row, _one_batch(pending.slice(offset, batch_size))
+                offset += batch_size
+                next_row += batch_size
+            pending = pending.slice(offset)
     if pending is not None and pending.num_rows:
         yield next_row, _one_batch(pending)
+
+
+def _row_group_slices(f: pq.ParquetFile, group: int, columns: list[str], lo: int, hi: int, batch_size: int) -> Iterator[pa.Table]:
+    """Rows [lo, hi) of one row group, decoded `batch_size` rows at a time. The reader is
+    closed when the group is done (an Arrow reader left to interpreter shutdown can abort
+    the process: apache/arrow#34314)."""
+    batches = f.iter_batches(batch_size=batch_size, row_groups=[group], columns=columns, use_threads=False)
+    at = 0
+    try:
+        for batch in batches:
+            start, stop = max(lo, at), min(hi, at + batch.num_rows)
+            at += batch.num_rows
+            if start < stop:
+                yield pa.Table.from_batches([batch.slice(start - (at - batch.num_rows), stop - start)])
+            if at >= hi:
+                break
+    finally:
+        batches.close()
 
 
 def read_first_rows(source: SourceFile, columns: list[str], rows: int) -> pa.RecordBatch:
