@@ -73,7 +73,7 @@ def profile(args: argparse.Namespace, work: Path) -> None:
     from transferset.format.schema import ID, LABEL, SOURCE, parquet_options
     from transferset.generate import GenerateConfig, prepare
     from transferset.generate.setup import named_inputs
-    from transferset.generate.shard import ShardJob, _check_finite, _encode, _ids
+    from transferset.generate.shard import ShardJob, _check_finite, _encode, _ids, _not_finite_rows
     from transferset.inputs import InputSpec
     from transferset.io import file_sha256
     from transferset.sources import plan_shards, read_shard_rows
@@ -104,7 +104,7 @@ def profile(args: argparse.Namespace, work: Path) -> None:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             member = timed("teachers", lambda: run_teachers(ctx.teachers, named_inputs(cfg, x), cfg.precision))
-            target = timed("NaN check + combine", lambda: (_check_finite(member, job, first, ctx.teachers),
+            target = timed("NaN check + combine", lambda: (_check_finite(_not_finite_rows(member), job, first, ctx.teachers),
                                                             combine(member, cfg.combine, cfg.temperature, ctx.weights))[1])
             targets = timed("encode targets (float16 columns)", lambda: _encode(ctx, target, member, None))
             base = timed("id, source, label columns", lambda: {

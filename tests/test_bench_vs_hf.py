@@ -35,3 +35,15 @@ def test_one_invocation_prints_the_whole_table(tmp_path):
     if with_hf:
         diffs = [float(d) for d in re.findall(r"largest \|difference\| (\S+)", out)]
         assert len(diffs) == 2 and max(diffs) < 0.05, out  # the same targets, up to float16 rounding
+
+
+@pytest.mark.slow  # a benchmark's smoke run (~20 s): `pytest -m slow`
+def test_profile_generate_times_each_step_and_the_teachers_waits():
+    shared_dataset(MNIST / "train-images-idx3-ubyte.gz")
+    argv = [sys.executable, "benchmarks/profile_generate.py", "--rows", "600", "--teacher-width", "8", "--batch-size", "64", "--waits"]
+    proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    for step in ("read + decode Parquet rows", "teachers", "NaN check + combine", "SHA-256 of the shard",
+                 "waiting for the reader's next batch", "waiting for the writer's queue", "the whole command"):
+        assert re.search(rf"^\| {re.escape(step)} \| [\d.]+ \|", out, re.M), (step, out)
