@@ -53,6 +53,9 @@ def main() -> None:
     parser.add_argument("--teacher-width", type=int, default=1200)
     parser.add_argument("--waits", action="store_true", help="also one real run with the teachers' thread instrumented")
     args = parser.parse_args()
+    if args.waits and args.device != "cpu":
+        parser.error("--waits times the CPU layout (label_batch on the teachers' thread); on CUDA the engine overlaps "
+                     "the teachers with the encoding (engines.overlapped), so drop --waits or use --device cpu")
     with tempfile.TemporaryDirectory(prefix="profile-generate-") as tmp:
         work = Path(tmp)
         subprocess.run([sys.executable, str(HERE / "bench_vs_hf.py"), "--arm", "setup", "--work", str(work), "--sizes", str(args.rows),
@@ -186,7 +189,8 @@ def waits(args: argparse.Namespace, work: Path) -> None:
                          "--threads", str(args.threads), "--device", args.device, "--out", str(work / "waits"), "--quiet"])
     finally:
         engines.label_batch, engines.prefetch, ShardWriter.write = label_batch, prefetch, write
-    assert code == 0, f"generate exited {code}"
+    if code:
+        raise SystemExit(f"generate exited {code}")
     spent["the whole command"] = time.perf_counter() - started
     print(f"\none real generate, {args.rows:,} rows (the teachers' thread):\n\n| step | s |\n|---|---|")
     for step, seconds in spent.items():

@@ -11,7 +11,7 @@ from conftest import write_pixels_source
 from transferset.sources import ShardPlan, open_source, read_shard_rows
 
 
-@pytest.mark.parametrize("start,stop,batch", [(0, 117, 25), (10, 117, 25), (13, 101, 16), (40, 80, 40), (0, 117, 7), (5, 9, 64)])
+@pytest.mark.parametrize("start,stop,batch", [(0, 117, 25), (10, 117, 25), (13, 101, 16), (40, 80, 40), (0, 117, 7), (5, 9, 64), (3, 117, 2**70)])
 def test_any_range_becomes_exact_batches_in_row_order(tmp_path, start, stop, batch):
     rng = np.random.default_rng(start * 1000 + stop)
     pixels = rng.integers(0, 256, (117, 4), dtype=np.uint8)

@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from transferset.errors import UserError
-from transferset.io import file_sha256
+from transferset.io import READ_BUFFER, file_sha256
 from transferset.labels import LabelStats
 
 
@@ -92,7 +92,7 @@ def label_stats(source: SourceFile, label_column: str) -> tuple[int, int | None,
     """(labelled rows, min label, max label), from one streamed column."""
     stats = LabelStats()
     if source.has_label:
-        f = pq.ParquetFile(source.path, pre_buffer=False, buffer_size=1 << 20)
+        f = pq.ParquetFile(source.path, pre_buffer=False, buffer_size=READ_BUFFER)
         for batch in f.iter_batches(batch_size=1 << 16, columns=[label_column]):
             stats.update(batch.column(0))
     return stats.labelled, stats.lo, stats.hi
@@ -111,7 +111,7 @@ def check_unique_ids(files: list[str], id_column: str) -> None:
     per_file: list[tuple[str, pa.ChunkedArray]] = []
     for path in files:
         try:
-            f = pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)
+            f = pq.ParquetFile(path, pre_buffer=False, buffer_size=READ_BUFFER)
         except (pa.ArrowInvalid, OSError):
             continue
         if id_column not in f.schema_arrow.names:
@@ -160,9 +160,9 @@ def read_shard_rows(source: SourceFile, plan: ShardPlan, columns: list[str], bat
     batches, and with them the teachers' float results, are the same on every run.
     Streamed, not a row group at a time: decoding a whole 32,768-row group took longer
     than the prefetched batches lasted, so the teachers waited at every group boundary
-    (1.5 s of 40 at 240k MNIST rows, `benchmarks/profile_generate.py`).
+    (2.0-3.6 s of ~40 at 240k MNIST rows, `benchmarks/profile_generate.py --waits`).
     """
-    f = pq.ParquetFile(source.path, pre_buffer=False, buffer_size=1 << 20)
+    f = pq.ParquetFile(source.path, pre_buffer=False, buffer_size=READ_BUFFER)
     bounds = np.concatenate([[0], np.cumsum(source.row_group_rows)])
     pending: pa.Table | None = None  # rows read but not yet yielded (slices are zero-copy)
     next_row = plan.start
@@ -171,7 +171,7 @@ def read_shard_rows(source: SourceFile, plan: ShardPlan, columns: list[str], bat
         if g_stop <= plan.start or g_start >= plan.stop:
             continue
         lo, hi = max(plan.start, g_start) - g_start, min(plan.stop, g_stop) - g_start
-        for table in _row_group_slices(f, g, columns, lo, hi, batch_size):
+        for table in _row_group_slices(f, g, columns, lo, hi, min(batch_size, hi)):  # pyarrow takes a C long
             pending = table if pending is None else pa.concat_tables([pending, table])
             offset = 0
             while pending.num_rows - offset >= batch_size:
@@ -188,14 +188,14 @@ def _row_group_slices(f: pq.ParquetFile, group: int, columns: list[str], lo: int
     closed when the group is done (an Arrow reader left to interpreter shutdown can abort
     the process: apache/arrow#34314)."""
     batches = f.iter_batches(batch_size=batch_size, row_groups=[group], columns=columns, use_threads=False)
-    at = 0
+    first = 0  # the group's row that `batch` starts at
     try:
         for batch in batches:
-            start, stop = max(lo, at), min(hi, at + batch.num_rows)
-            at += batch.num_rows
+            start, stop = max(lo, first), min(hi, first + batch.num_rows)
             if start < stop:
-                yield pa.Table.from_batches([batch.slice(start - (at - batch.num_rows), stop - start)])
-            if at >= hi:
+                yield pa.Table.from_batches([batch.slice(start - first, stop - start)])
+            first += batch.num_rows
+            if first >= hi:
                 break
     finally:
         batches.close()
@@ -204,7 +204,7 @@ def _row_group_slices(f: pq.ParquetFile, group: int, columns: list[str], lo: int
 def read_first_rows(source: SourceFile, columns: list[str], rows: int) -> pa.RecordBatch:
     """The first `rows` rows (for the probe): streamed, so a 32,768-row group is not decoded
     whole to look at four rows."""
-    f = pq.ParquetFile(source.path, pre_buffer=False, buffer_size=1 << 20)
+    f = pq.ParquetFile(source.path, pre_buffer=False, buffer_size=READ_BUFFER)
     return next(f.iter_batches(batch_size=rows, columns=columns))
 
 

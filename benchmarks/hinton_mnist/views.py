@@ -33,7 +33,7 @@ import os
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -299,9 +299,16 @@ def main(argv: list[str] | None = None) -> int:
         runner.run(base_plan(p, work, mnist, seeds, args.device) + views_plan(p, work, mnist, seeds, views[0], args.device))
         report("one target, first views set")
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # one process per seed, --jobs at once
-            futures = {s: pool.submit(run_online, p, work, s, args.device, args.threads, args.resume)
+            futures = {pool.submit(run_online, p, work, s, args.device, args.threads, args.resume): s
                        for s in ([] if args.no_online else seeds)}
-            online.update({s: f.result() for s, f in futures.items()})
+            failed = []
+            for future in as_completed(futures):  # a seed that finished is kept even if another fails
+                try:
+                    online[futures[future]] = future.result()
+                except RuntimeError as error:
+                    failed.append(error)
+            if failed:
+                raise failed[0]
         report("same budget, all arms")
         if views[1:] or args.long_epochs:
             long = views_plan(p, work, mnist, seeds, views[0], args.device, args.long_epochs, generate=False) if args.long_epochs else []

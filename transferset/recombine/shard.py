@@ -39,7 +39,10 @@ class ShardJob:
 def recombine_shard(job: ShardJob, advance: Callable[[int], None] = lambda rows: None) -> ShardRecord:
     """Write one output shard and publish it (temp file, fsync, rename, record)."""
     path = job.plan.source.directory / job.record.path
-    source = open_parquet(path, f"the shard is damaged: run `transferset verify {job.plan.source.directory} --drop-bad` and rerun its generate")
+    # The source's shards were checked against the manifest when it was opened; this covers one
+    # that changes between that check and this read.
+    source = open_parquet(path, f"the shard is damaged: run `transferset verify {job.plan.source.directory} --drop-bad` "
+                                "and rerun the command that made it")
     columns = [name for name in source.schema_arrow.names if _needed(name, job.plan)]
     tmp = temp_path(job.out, job.record.index)
     rows = labelled = 0
