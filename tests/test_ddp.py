@@ -140,3 +140,20 @@ def test_resuming_with_another_global_batch_is_refused(runs, capsys):
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and "(changed: --batch-size)" in error[0] and "different configuration" in error[0], error
     assert not (out / "student.pt").exists()
+
+
+@pytest.mark.parametrize("world_size", ["1", "2"])
+def test_a_torchrun_worker_exits_with_its_code_and_all_its_output(runs, world_size):
+    """cli.entry: a worker (WORLD_SIZE > 1) skips the interpreter's teardown (os._exit),
+    after flushing: stdout piped to a file is whole, and the exit code is the command's."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, WORLD_SIZE=world_size, PYTHONPATH=str(Path(cli.__file__).parent))
+    ok = subprocess.run([sys.executable, "-m", "cli", "inspect", str(runs["transfer"]), "--json"], env=env,
+                        capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["rows"] == 157
+    bad = subprocess.run([sys.executable, "-m", "cli", "inspect", str(runs["root"] / "nothing-here")], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.startswith("transferset inspect: error:") and not bad.stdout
