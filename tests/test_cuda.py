@@ -5,7 +5,10 @@
 - per-token top-k on CUDA with bf16 teachers: the same supports, log-probs within bf16's error;
 - train on CUDA (pinned batches, non_blocking copies) in fp32, bf16 and fp16 (with the
   gradient scaler), with DataLoader workers; a mid-epoch resume on CUDA ends where the
-  uninterrupted run ends.
+  uninterrupted run ends;
+- views (issue 11): the stored params replay each view bit for bit on the device, and
+  generate --views on the device stores the CPU's params, top-k ids and (to float
+  tolerance) log-probs.
 """
 
 from __future__ import annotations
@@ -108,3 +111,39 @@ def test_resume_on_cuda_ends_where_the_uninterrupted_run_ends(pixels):
     got = torch.load(root / "resumed" / "student.pt", weights_only=True)
     for name in want:
         torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("spec,shape", [("shift(2)", (1, 28, 28)), ("random-resized-crop(28,scale=0.5-1),shift(2),hflip", (1, 28, 28)),
+                                        ("random-resized-crop(32,scale=0.35-1),hflip,color-jitter(brightness=0.4,contrast=0.4,saturation=0.4)",
+                                         (3, 32, 32))])
+def test_views_replay_on_the_device_bit_for_bit(spec, shape):
+    """Issue 11: the stored params replay the view the teachers saw. On the device: the same
+    params as on the CPU, a rerun bit-equal, each row alone bit-equal to its batch; across
+    devices, equal to float rounding (interpolation kernels differ)."""
+    from transferset.views.augment import parse_augment
+    from transferset.views.expand import ViewPlan
+
+    plan, device = ViewPlan(8, parse_augment(spec), 0), torch.device(GPU)
+    x = torch.rand(16, *shape, generator=torch.Generator().manual_seed(0))
+    ids = [str(i) for i in range(16)]
+    cpu, params = plan.expand({"x": x}, ids)
+    first, device_params = plan.expand({"x": x.to(device)}, ids)
+    again, _ = plan.expand({"x": x.to(device)}, ids)
+    np.testing.assert_array_equal(device_params, params)
+    assert torch.equal(first["x"], again["x"])
+    flat = torch.from_numpy(params.reshape(-1, params.shape[-1]))
+    for view in range(0, 128, 13):  # row view // 8 alone, replayed from its stored params
+        alone = plan.augmentation.apply(x[view // 8:view // 8 + 1].to(device), flat[view:view + 1])
+        assert torch.equal(alone[0], first["x"][view])
+    torch.testing.assert_close(first["x"].cpu(), cpu["x"], rtol=0, atol=1e-5)
+
+
+def test_generate_views_on_the_device_stores_the_cpu_targets(pixels, tmp_path):
+    _, source = pixels
+    views = ["--input-shape", "1,8,8", "--input-scale", "1/16", "--views", "4", "--augment", "random-resized-crop(8,scale=0.4-1),hflip,shift(1)",
+             "--targets", "topk:3", "--batch-size", "64"]
+    cpu = _generate(source, tmp_path / "cpu", *views, "--device", "cpu")
+    dev = _generate(source, tmp_path / "dev", *views, "--device", GPU)
+    assert dev["view_params"].to_pylist() == cpu["view_params"].to_pylist()
+    assert dev["target_token_ids"].to_pylist() == cpu["target_token_ids"].to_pylist()
+    np.testing.assert_allclose(np.array(dev["target_logprobs"].to_pylist()), np.array(cpu["target_logprobs"].to_pylist()), atol=1e-4)
