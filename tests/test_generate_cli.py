@@ -3,6 +3,9 @@
 import hashlib
 import json
 
+import threading
+import time
+
 import numpy as np
 import polars as pl
 import pyarrow.dataset as ds
@@ -203,11 +206,16 @@ def test_overlapped_engine_writes_what_the_sequential_one_writes(tmp_path):
     engines.register(engines.LocalEngine(overlap=True))
     try:
         assert cli.main([*args, "--out", str(tmp_path / "overlapped")]) == 0
-        nan_rows = rng.integers(0, 16, (40, 64), dtype=np.uint8)
+        nan_rows = rng.integers(0, 16, (400, 64), dtype=np.uint8)
         nan_rows[7, 0] = 16  # teacher_models.nan_teacher returns NaN on such rows
         bad = write_pixels_source(tmp_path / "nan.parquet", nan_rows)
+        started = time.perf_counter()
         assert cli.main(["generate", "--teacher", "teacher_models:nan_teacher", "--source", str(bad), "--input-shape", "64",
                          "--batch-size", "16", "--quiet", "--out", str(tmp_path / "nan")]) == 2
+        # The error stops and joins the threads at once, though the teachers' thread waited for a
+        # free slot (the batches behind the failed one): none is left to exit inside Arrow.
+        assert time.perf_counter() - started < 10
+        assert not [t.name for t in threading.enumerate() if t.name == "transferset-reader"]
     finally:
         engines.unregister("local")
         engines.register(engines.LocalEngine())

@@ -46,6 +46,9 @@ ENGINES: Registry[Engine] = Registry(lambda engine: engine.name, lambda name, kn
 register, unregister, get_engine = ENGINES.register, ENGINES.unregister, ENGINES.get
 
 
+JOIN_TIMEOUT_S = 30  # a reader stuck on a dead file system does not hold the process forever
+
+
 class LocalEngine:
     name = "local"
     prefetch_depth = 2  # input batches read ahead of the teachers
@@ -90,8 +93,9 @@ def overlapped(job: ShardJob, inputs: Iterator) -> Iterator[pa.RecordBatch]:
             yield teach(job, *item)
 
     side = torch.cuda.Stream(job.context.device) if job.context.device.type == "cuda" else None
+    fetched = prefetch(taught(), depth=1)
     try:
-        for batch in prefetch(taught(), depth=1):
+        for batch in fetched:
             if side is None:
                 rows = encode_batch(batch)
             else:
@@ -103,7 +107,8 @@ def overlapped(job: ShardJob, inputs: Iterator) -> Iterator[pa.RecordBatch]:
             slots.release()
             yield rows
     finally:
-        done.set()
+        done.set()  # first: the thread may be waiting for a slot, and closing `fetched` joins it
+        fetched.close()
 
 
 def session(engine: Engine, cfg) -> ContextManager:
@@ -113,7 +118,13 @@ def session(engine: Engine, cfg) -> ContextManager:
 
 
 def prefetch(iterator: Iterator, depth: int) -> Iterator:
-    """Run `iterator` on a thread, `depth` items ahead (reading overlaps teachers)."""
+    """Run `iterator` on a thread, `depth` items ahead (reading overlaps teachers).
+
+    When the consumer stops (the end, or an error) the thread is told to stop, closes
+    `iterator` itself (a generator's files and Arrow readers close on that thread, now)
+    and is joined: a reader thread still inside Arrow when the interpreter tears down
+    can abort the process ("terminate called without an active exception",
+    apache/arrow#34314) after the error was printed, turning exit 2 into 134."""
     q: queue.Queue = queue.Queue(maxsize=depth)
     done = object()
     stop = threading.Event()
@@ -137,6 +148,10 @@ def prefetch(iterator: Iterator, depth: int) -> Iterator:
             put(done)
         except BaseException as error:
             put(error)
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()
 
     thread = threading.Thread(target=fill, name="transferset-reader", daemon=True)
     thread.start()
@@ -147,6 +162,7 @@ def prefetch(iterator: Iterator, depth: int) -> Iterator:
             yield item
     finally:
         stop.set()
+        thread.join(timeout=JOIN_TIMEOUT_S)  # it sees `stop` within 0.2 s of its current item
 
 
 register(LocalEngine())
