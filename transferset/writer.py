@@ -166,9 +166,11 @@ class ShardWriter:
 
     def _raise_if_failed(self) -> None:
         if self._error is not None:
-            error, self._error = self._error, None
             self._aborted = True
-            raise error
+            try:  # no local names the error: one would tie it to its own traceback in a cycle
+                raise self._error
+            finally:
+                self._error = None
 
     # -- the thread ----------------------------------------------------------------
 

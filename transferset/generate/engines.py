@@ -63,10 +63,12 @@ class LocalEngine:
         try:
             for job in jobs:
                 writer.open_shard(job.plan.index)
-                inputs = prefetch(read_batches(job), self.prefetch_depth)
-                for rows in (overlapped(job, inputs) if overlap else (label_batch(job, *item) for item in inputs)):
-                    writer.write(job.plan.index, rows)
-                    bar.advance(rows.num_rows)
+                # closing(): an error stops and joins the reader thread here, not whenever the
+                # traceback that holds this frame is freed (at interpreter teardown, if in a cycle)
+                with contextlib.closing(prefetch(read_batches(job), self.prefetch_depth)) as inputs:
+                    for rows in (overlapped(job, inputs) if overlap else (label_batch(job, *item) for item in inputs)):
+                        writer.write(job.plan.index, rows)
+                        bar.advance(rows.num_rows)
                 writer.close_shard(job.plan.index)
             writer.finish()
         except BaseException:
