@@ -126,7 +126,7 @@ def generate_set(source: Path, out: Path, views: int, augment: str, batch: int) 
 def train_ratio(out: Path, batch: int, epochs: int, window_rows: int | None, student_name: str = "cnn") -> dict[str, float]:
     """images/s of one student step per batch, fed (a) from the views set with the replay on the
     training thread (prefetch 0, as before the producer thread), (b) with the default prefetch
-    (train/prefetch.py), (c) from memory; and (d) the views batches alone (no step: the producer's
+    (transferset/prefetch.py), (c) from memory; and (d) the views batches alone (no step: the producer's
     ceiling). `window_rows` None: the set is one window, read and decoded once; else windows of
     that many rows, re-read and decoded every epoch (on the read-ahead thread)."""
     from train.stream import StreamSource

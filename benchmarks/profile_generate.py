@@ -156,7 +156,7 @@ def waits(args: argparse.Namespace, work: Path) -> None:
     from transferset.writer import ShardWriter
 
     spent: dict[str, float] = defaultdict(float)
-    label_batch, prefetch, write = engines.label_batch, engines.prefetch, ShardWriter.write
+    label_batch, prefetched, write = engines.label_batch, engines.prefetched, ShardWriter.write
 
     def timed_label_batch(*item):
         wall, cpu = time.perf_counter(), time.thread_time()
@@ -165,8 +165,8 @@ def waits(args: argparse.Namespace, work: Path) -> None:
         spent["label_batch: CPU of the teachers' thread"] += time.thread_time() - cpu
         return rows
 
-    def timed_prefetch(iterator, depth):
-        inner = prefetch(iterator, depth)
+    def timed_prefetch(make, depth, name):
+        inner = prefetched(make, depth, name)
         while True:
             started = time.perf_counter()
             item = next(inner, None)
@@ -180,7 +180,7 @@ def waits(args: argparse.Namespace, work: Path) -> None:
         write(self, *a)
         spent["waiting for the writer's queue"] += time.perf_counter() - started
 
-    engines.label_batch, engines.prefetch, ShardWriter.write = timed_label_batch, timed_prefetch, timed_write
+    engines.label_batch, engines.prefetched, ShardWriter.write = timed_label_batch, timed_prefetch, timed_write
     teachers = [f for t in teacher_paths(work, 3) for f in ("--teacher", str(t))]
     started = time.perf_counter()
     try:
@@ -188,7 +188,7 @@ def waits(args: argparse.Namespace, work: Path) -> None:
                          "--input-scale", "1/255", "--combine", "geometric", "-T", "4", "--batch-size", str(args.batch_size),
                          "--threads", str(args.threads), "--device", args.device, "--out", str(work / "waits"), "--quiet"])
     finally:
-        engines.label_batch, engines.prefetch, ShardWriter.write = label_batch, prefetch, write
+        engines.label_batch, engines.prefetched, ShardWriter.write = label_batch, prefetched, write
     if code:
         raise SystemExit(f"generate exited {code}")
     spent["the whole command"] = time.perf_counter() - started

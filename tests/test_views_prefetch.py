@@ -1,4 +1,4 @@
-"""A views set's batches are made on a background thread (train/prefetch.py), a few ahead of the step:
+"""A views set's batches are made on a background thread (transferset/prefetch.py), a few ahead of the step:
 the same batches in the same order as without it, exact mid-epoch resume (stream and trainer),
 the producer's errors raised again as the same one-line error, and no thread left behind."""
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import run_in_process
 
-from train.prefetch import prefetched
+from transferset.prefetch import prefetched
 from train.stream import PREFETCH_BATCHES, StreamSource
 from transferset.errors import UserError
 

@@ -176,7 +176,7 @@ def _train_epoch(cfg: TrainConfig, data: TrainingData, state: TrainState, world:
     rows_left = max(data.source.num_rows - pos.batch_in_epoch * cfg.batch_size, 0)
     with progress(f"epoch {pos.epoch + 1}/{cfg.epochs}", rows_left, cfg.quiet or not world.is_main) as bar:
         # closing(): a step that raises stops a views set's producer thread here, not when the
-        # traceback is freed (train/prefetch.py), before the health-stop writes and barrier
+        # traceback is freed (transferset/prefetch.py), before the health-stop writes and barrier
         with contextlib.closing(_batches(data.source, cfg, pos, world)) as batches:
             for batch in batches:
                 train_step(state, batch, cfg, data.temperature, world)

@@ -29,7 +29,7 @@ from typing import Iterator
 from train import order
 from train.batch import Batch
 from train.labelled import scan_labelled
-from train.prefetch import prefetched
+from transferset.prefetch import prefetched
 from train.window import RowGroup, Rows, WindowData, extra_value, open_parquet, read_window
 from train.world import SINGLE_PROCESS, World
 from transferset.errors import UserError

@@ -17,7 +17,6 @@ encoded. Bounded queues keep memory flat.
 from __future__ import annotations
 
 import contextlib
-import queue
 import threading
 from typing import ContextManager, Iterator, Protocol
 
@@ -28,6 +27,7 @@ from transferset.registry import Registry
 from transferset.format.schema import parquet_options
 from transferset.generate.setup import Context
 from transferset.generate.shard import ShardJob, encode_batch, label_batch, read_batches, teach
+from transferset.prefetch import prefetched
 from transferset.progress import Progress
 from transferset.writer import ShardWriter
 
@@ -46,9 +46,6 @@ ENGINES: Registry[Engine] = Registry(lambda engine: engine.name, lambda name, kn
 register, unregister, get_engine = ENGINES.register, ENGINES.unregister, ENGINES.get
 
 
-JOIN_TIMEOUT_S = 30  # a reader stuck on a dead file system does not hold the process forever
-
-
 class LocalEngine:
     name = "local"
     prefetch_depth = 2  # input batches read ahead of the teachers
@@ -65,7 +62,7 @@ class LocalEngine:
                 writer.open_shard(job.plan.index)
                 # closing(): an error stops and joins the reader thread here, not whenever the
                 # traceback that holds this frame is freed (at interpreter teardown, if in a cycle)
-                with contextlib.closing(prefetch(read_batches(job), self.prefetch_depth)) as inputs:
+                with contextlib.closing(prefetched(lambda job=job: read_batches(job), self.prefetch_depth, "transferset-reader")) as inputs:
                     for rows in (overlapped(job, inputs) if overlap else (label_batch(job, *item) for item in inputs)):
                         writer.write(job.plan.index, rows)
                         bar.advance(rows.num_rows)
@@ -95,7 +92,7 @@ def overlapped(job: ShardJob, inputs: Iterator) -> Iterator[pa.RecordBatch]:
             yield teach(job, *item)
 
     side = torch.cuda.Stream(job.context.device) if job.context.device.type == "cuda" else None
-    fetched = prefetch(taught(), depth=1)
+    fetched = prefetched(taught, 1, "transferset-teachers")
     try:
         for batch in fetched:
             if side is None:
@@ -117,54 +114,6 @@ def session(engine: Engine, cfg) -> ContextManager:
     """The engine's session around a run (nothing for engines without one)."""
     start = getattr(engine, "session", None)
     return start(cfg) if start is not None else contextlib.nullcontext()
-
-
-def prefetch(iterator: Iterator, depth: int) -> Iterator:
-    """Run `iterator` on a thread, `depth` items ahead (reading overlaps teachers).
-
-    When the consumer stops (the end, or an error) the thread is told to stop, closes
-    `iterator` itself (a generator's files and Arrow readers close on that thread, now)
-    and is joined: a reader thread still inside Arrow when the interpreter tears down
-    can abort the process ("terminate called without an active exception",
-    apache/arrow#34314) after the error was printed, turning exit 2 into 134."""
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    done = object()
-    stop = threading.Event()
-
-    def put(item) -> bool:
-        """Hand over an item unless the consumer has gone (then the thread ends
-        instead of blocking forever with the source file open)."""
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.2)
-                return True
-            except queue.Full:
-                pass
-        return False
-
-    def fill():
-        try:
-            for item in iterator:
-                if not put(item):
-                    return
-            put(done)
-        except BaseException as error:
-            put(error)
-        finally:
-            close = getattr(iterator, "close", None)
-            if close is not None:
-                close()
-
-    thread = threading.Thread(target=fill, name="transferset-reader", daemon=True)
-    thread.start()
-    try:
-        while (item := q.get()) is not done:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        thread.join(timeout=JOIN_TIMEOUT_S)  # it sees `stop` within 0.2 s of its current item
 
 
 register(LocalEngine())

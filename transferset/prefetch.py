@@ -1,10 +1,9 @@
-"""Run a batch iterator on a background thread, `depth` batches ahead of its consumer.
+"""Run an iterator on a background thread, `depth` items ahead of its consumer.
 
-A views set's batches cost work per batch: the choice of each row's view, its exact
-replay (crops, flips, colour: transferset/views/) and, on the epoch's first window, the
-decode of the stored images. `prefetched(make, depth)` runs the whole producer (window
-reads included) on one thread, so the training step waits on neither; torch's kernels
-and pyarrow's decoding release the GIL, so the two overlap on two cores.
+Both stages use it: generate reads and converts source batches ahead of the teachers
+(generate/engines.py), and the trainer makes a views set's batches (view choice,
+replay, decode) ahead of the training step (train/stream.py). torch's kernels and
+pyarrow's decoding release the GIL, so producer and consumer overlap on two cores.
 
 What it keeps exact:
 * the order: one producer, one FIFO queue; the consumer sees the producer's batches in
@@ -16,9 +15,12 @@ What it keeps exact:
   by the consumer at that batch, the same exception with the same one-line message;
 * memory: at most `depth` batches wait in the queue, plus the one being made.
 
-When the consumer stops early (a break, an exception in the step, a signal) the producer
-is told to stop, the queue drained and the thread joined before the consumer returns, so
-no thread keeps reading windows (or mutating the source's kept window) behind a new epoch.
+When the consumer stops early (a break, an exception, a signal) the producer is told to
+stop, the queue drained, the producer's iterator closed on its own thread and the thread
+joined before the consumer returns: no thread keeps reading windows behind a new epoch,
+and none is left inside Arrow when the interpreter tears down (a reader thread there can
+abort the process after its error was printed, "terminate called without an active
+exception", apache/arrow#34314).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ _DONE = object()
 _POLL_S = 0.05  # how often a producer blocked on a full queue looks for a stop
 
 
-def prefetched(make: Callable[[], Iterator[T]], depth: int) -> Iterator[T]:
+def prefetched(make: Callable[[], Iterator[T]], depth: int, name: str = "transferset-prefetch") -> Iterator[T]:
     """The items of `make()`, produced on a background thread at most `depth` ahead.
     depth 0: `make()` itself, on the caller's thread."""
     if depth <= 0:
@@ -40,7 +42,7 @@ def prefetched(make: Callable[[], Iterator[T]], depth: int) -> Iterator[T]:
         return
     ready: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
-    thread = threading.Thread(target=_produce, args=(make, ready, stop), name="transferset-prefetch", daemon=True)
+    thread = threading.Thread(target=_produce, args=(make, ready, stop), name=name, daemon=True)
     thread.start()
     try:
         while True:
